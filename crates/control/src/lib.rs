@@ -1,0 +1,1 @@
+//! wattmesh-control (skeleton).

@@ -1,0 +1,18 @@
+//! The wattmesh domain: the nouns of the fleet and the pure decisions made over them.
+//!
+//! Layout:
+//! - [`model`]: models and what they need to run (kind, memory).
+//! - [`fleet`]: a plain-data snapshot of regions, sites and nodes, as the scheduler sees them.
+//! - [`scheduler`]: places deployment replicas on nodes.
+//!
+//! **Architecture invariant:** nothing here performs I/O, reads a clock or spawns a task. Every
+//! decision is a deterministic function of its inputs, so the control plane, the gateway and
+//! simulators run the same code and tests need no fixtures beyond plain values.
+
+pub mod fleet;
+pub mod model;
+pub mod scheduler;
+
+pub use fleet::{FleetView, NodeView};
+pub use model::ModelKind;
+pub use scheduler::{DeploymentDemand, Placement, Schedule, place};

@@ -1,0 +1,1 @@
+//! wattmesh-engine (skeleton).

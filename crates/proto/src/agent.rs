@@ -1,0 +1,98 @@
+//! The agent protocol: how a site agent joins the fleet, reports what it observes, and learns
+//! what it should run.
+//!
+//! 1. `POST /api/v1/agent/register` with the fleet's bootstrap token → a per-agent token.
+//! 2. `POST /api/v1/agent/heartbeat` with the agent token, every few seconds: observed state.
+//! 3. `GET /api/v1/agent/desired?after=V&wait_s=S` with the agent token: long-polls until the
+//!    site's desired state has a version other than `V` (or `S` seconds pass), then returns it.
+//!
+//! The agent keeps its last desired state when the control plane is unreachable (static
+//! stability) and converges its replicas to it.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use wattmesh_domain::ModelKind;
+
+use crate::api::ReplicaState;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub site: String,
+    pub region: String,
+    /// Defaults to the site's stored price, or 0 for a new site.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub power_price_usd_per_mwh: Option<Decimal>,
+    pub nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterResponse {
+    /// Bearer token for every later call of this agent. Shown once; stored hashed.
+    pub agent_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReport {
+    pub name: String,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub nodes: Vec<NodeReport>,
+    pub replicas: Vec<ReplicaReport>,
+    /// The desired-state version the agent has converged to.
+    pub desired_version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaReport {
+    pub id: String,
+    pub state: ReplicaState,
+    /// Base URL of its OpenAI server when ready, e.g. `http://127.0.0.1:41234`.
+    pub endpoint: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatAck {
+    /// The current desired-state version, so an agent that missed a change re-fetches.
+    pub desired_version: u64,
+}
+
+/// What one site should run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DesiredState {
+    pub version: u64,
+    pub replicas: Vec<ReplicaAssignment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaAssignment {
+    pub id: String,
+    pub deployment: String,
+    pub node: String,
+    /// The name the replica serves under (the customer's `model`).
+    pub model: String,
+    #[schema(value_type = String)]
+    pub kind: ModelKind,
+    /// The catalog entry of the model's files.
+    pub artifact: String,
+}
+
+/// Query of `GET /api/v1/agent/desired` and `GET /api/v1/gateway/config`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WatchQuery {
+    /// The version the caller has; the call waits while the current one equals it.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// Longest wait in seconds (capped by the server).
+    #[serde(default)]
+    pub wait_s: Option<u64>,
+}

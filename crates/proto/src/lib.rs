@@ -1,0 +1,15 @@
+//! Wire types shared by every wattmesh component.
+//!
+//! Layout:
+//! - [`openai`]: the customer-facing OpenAI protocol (requests, responses, stream chunks, errors).
+//! - [`api`]: the operator REST API of the control plane (`/api/v1`).
+//! - [`agent`]: the protocol between site agents and the control plane.
+//! - [`gateway`]: what the gateway watches from the control plane (keys and routes).
+//!
+//! Only data lives here: no I/O, no behaviour beyond constructors and validation helpers, so
+//! that every side of a connection agrees on one definition.
+
+pub mod agent;
+pub mod api;
+pub mod gateway;
+pub mod openai;

@@ -1,0 +1,1 @@
+//! wattmesh-store (skeleton).

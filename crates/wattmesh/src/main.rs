@@ -1,0 +1,2 @@
+//! The wattmesh CLI.
+fn main() {}
