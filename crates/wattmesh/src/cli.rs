@@ -1,0 +1,200 @@
+//! Command-line flags, declared with clap's derive API. Defaults match the README: gateway on
+//! 127.0.0.1:8080, control API on 127.0.0.1:8081, state in ./wattmesh-data.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "wattmesh", version, about = "One AI inference network over power-constrained mining sites")]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `wattmesh_gateway=debug` (also RUST_LOG).
+    #[arg(long, global = true, env = "WATTMESH_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything on this machine: control plane, gateway and simulated sites.
+    Up(UpArgs),
+    /// Run the control plane alone.
+    Control(ControlArgs),
+    /// Run a gateway alone, against a control plane.
+    Gateway(GatewayArgs),
+    /// Run one site's agent as a process of its own.
+    Agent(AgentArgs),
+    /// Manage customers' API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Show sites, nodes, deployments and replicas.
+    Status(StatusArgs),
+    /// Fetch and list models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Manage deployments.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
+}
+
+/// Where the state lives and how to reach the control API.
+#[derive(Debug, Clone, Args)]
+pub struct ControlTarget {
+    /// Data directory (holds the admin token written on first start).
+    #[arg(long, env = "WATTMESH_DATA_DIR", default_value = "./wattmesh-data")]
+    pub data_dir: PathBuf,
+    /// Control plane URL.
+    #[arg(long, env = "WATTMESH_CONTROL_URL", default_value = "http://127.0.0.1:8081")]
+    pub control_url: String,
+    /// Admin token; read from DATA_DIR/admin-token when absent.
+    #[arg(long, env = "WATTMESH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub control_listen: SocketAddr,
+    #[arg(long, env = "WATTMESH_DATA_DIR", default_value = "./wattmesh-data")]
+    pub data_dir: PathBuf,
+    /// Where model files are cached (default DATA_DIR/models).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// Seconds without a heartbeat before a site is marked not ready.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_timeout_s: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "WATTMESH_DATA_DIR", default_value = "./wattmesh-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_timeout_s: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub target: ControlTarget,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[arg(long, env = "WATTMESH_CONTROL_URL", default_value = "http://127.0.0.1:8081")]
+    pub control_url: String,
+    /// Site name, unique in the fleet.
+    #[arg(long)]
+    pub site: String,
+    /// Region the site belongs to.
+    #[arg(long)]
+    pub region: String,
+    /// The site's power price in USD/MWh.
+    #[arg(long)]
+    pub power_price: Option<String>,
+    /// Data directory: its bootstrap-token file is read when --bootstrap-token is absent, and
+    /// the agent keeps its state under DATA_DIR/agents/SITE.
+    #[arg(long, env = "WATTMESH_DATA_DIR", default_value = "./wattmesh-data")]
+    pub data_dir: PathBuf,
+    /// Where model files are cached (default DATA_DIR/models).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    #[arg(long, env = "WATTMESH_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
+    /// Memory this site's node offers to replicas, in GiB.
+    #[arg(long, default_value_t = 4)]
+    pub node_memory_gib: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key; the key is the last line of stdout.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// A label for the key.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// List API keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Revoke an API key by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the raw JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: ControlTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch model files from the catalog (all when no name is given), checked by sha256.
+    Pull {
+        names: Vec<String>,
+        #[arg(long, env = "WATTMESH_DATA_DIR", default_value = "./wattmesh-data")]
+        data_dir: PathBuf,
+        /// Where model files are cached (default DATA_DIR/models).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+    },
+    /// List the models of the built-in catalog.
+    Catalog {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCommand {
+    /// List deployments.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Set a deployment's replica count.
+    Scale {
+        name: String,
+        #[arg(long)]
+        replicas: u32,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+impl UpArgs {
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir.clone().unwrap_or_else(|| self.data_dir.join("models"))
+    }
+}
+
+impl AgentArgs {
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir.clone().unwrap_or_else(|| self.data_dir.join("models"))
+    }
+}

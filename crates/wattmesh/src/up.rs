@@ -1,0 +1,169 @@
+//! `wattmesh up`: the whole network on one machine — control plane, gateway and three
+//! simulated sites, each with its own agent — wired over loopback HTTP exactly as they talk
+//! across the WAN. First start fetches the default models and seeds a demo fleet; later starts
+//! keep the state in the data directory.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use wattmesh_agent::{AgentConfig, Catalog};
+use wattmesh_proto::api::{
+    ApiKey, ApiKeyCreated, ApiKeySpec, DeploymentSpec, FleetStatus, Model, ReplicaState, Tenant,
+};
+
+use crate::cli::UpArgs;
+use crate::client::{ControlClient, Created, read_secret};
+use crate::commands::models::pull_all;
+use crate::run::Services;
+
+/// The simulated sites of `up`: three regions of the fleet, with plausible power prices.
+const DEMO_SITES: [(&str, &str, &str); 3] = [
+    ("georgia-1", "north-america", "42.0"),
+    ("asuncion-1", "south-america", "33.5"),
+    ("addis-1", "east-africa", "31.0"),
+];
+const DEMO_TENANT: &str = "demo";
+const DEMO_KEY_NAME: &str = "demo";
+const DEMO_REPLICAS: u32 = 2;
+const NODE_MEMORY_BYTES: u64 = 4 << 30;
+
+pub async fn up(args: UpArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let catalog = Catalog::builtin();
+    let models_dir = args.models_dir();
+    pull_all(&catalog, &[], &models_dir).await?;
+
+    let services = Services::new();
+    let control = wattmesh_control::open(wattmesh_control::ControlConfig {
+        data_dir: args.data_dir.clone(),
+        heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout_s),
+    })
+    .await
+    .context("opening the control plane")?;
+    let control_listener = bind(args.control_listen, "--control-listen").await?;
+    let control_url = format!("http://{}", control_listener.local_addr()?);
+    services.spawn("control", control.run(control_listener, services.shutdown.child_token()));
+
+    let admin_token = read_secret(&args.data_dir.join("admin-token"))?;
+    let bootstrap_token = read_secret(&args.data_dir.join("bootstrap-token"))?;
+    let client = ControlClient::new(&control_url, admin_token.clone())?;
+    seed(&client, &catalog).await?;
+    let demo_key = demo_key(&client).await?;
+
+    let gateway_listener = bind(args.gateway_listen, "--gateway-listen").await?;
+    let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
+    let options = wattmesh_gateway::GatewayOptions::new(control_url.clone(), admin_token);
+    services.spawn(
+        "gateway",
+        wattmesh_gateway::run(gateway_listener, options, services.shutdown.child_token()),
+    );
+
+    for (site, region, price) in DEMO_SITES {
+        let config = AgentConfig {
+            control_url: control_url.clone(),
+            bootstrap_token: bootstrap_token.clone(),
+            site: site.to_owned(),
+            region: region.to_owned(),
+            power_price_usd_per_mwh: Some(price.parse().context("demo power price")?),
+            node_name: format!("{site}-cpu-0"),
+            node_memory_bytes: NODE_MEMORY_BYTES,
+            models_dir: models_dir.clone(),
+            state_dir: args.data_dir.join("agents").join(site),
+            heartbeat_interval: Duration::from_secs(2),
+            catalog: catalog.clone(),
+        };
+        services.spawn("agent", wattmesh_agent::run(config, services.shutdown.child_token()));
+    }
+
+    println!("wattmesh is up");
+    println!("  gateway      {gateway_url}/v1");
+    println!("  control API  {control_url}/api/v1   (OpenAPI: {control_url}/api/openapi.json)");
+    println!("  data         {}", args.data_dir.display());
+    match &demo_key {
+        DemoKey::New(secret) => {
+            println!("  demo API key (tenant {DEMO_TENANT}; shown once, stored hashed):");
+            println!("{secret}");
+        }
+        DemoKey::Existing(prefix) => println!(
+            "  demo API key {prefix}… was shown on first start; a new one: \
+             wattmesh keys create --tenant {DEMO_TENANT}"
+        ),
+    }
+
+    let watch = report_readiness(client, services.shutdown.clone());
+    services.tracker.spawn(watch);
+    services.run_until_signal().await
+}
+
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (change {flag})"))
+}
+
+/// Creates the demo tenant, the catalog's models and one deployment per model, unless a
+/// previous start already did.
+async fn seed(client: &ControlClient, catalog: &Catalog) -> Result<()> {
+    let _: Created<Tenant> =
+        client.create("/tenants", &Tenant { name: DEMO_TENANT.to_owned() }).await?;
+    for m in catalog.models() {
+        let model = Model {
+            name: m.name.clone(),
+            kind: m.kind,
+            artifact: m.name.clone(),
+            memory_bytes: m.memory_bytes,
+        };
+        let _: Created<Model> = client.create("/models", &model).await?;
+        let deployment = DeploymentSpec {
+            name: m.name.clone(),
+            model: m.name.clone(),
+            replicas: DEMO_REPLICAS,
+        };
+        let _: Created<serde_json::Value> = client.create("/deployments", &deployment).await?;
+    }
+    Ok(())
+}
+
+enum DemoKey {
+    New(String),
+    Existing(String),
+}
+
+/// The demo key is created once; its secret exists only in that first start's output.
+async fn demo_key(client: &ControlClient) -> Result<DemoKey> {
+    let keys: Vec<ApiKey> = client.get("/keys").await?;
+    if let Some(k) = keys
+        .iter()
+        .find(|k| k.tenant == DEMO_TENANT && k.name.as_deref() == Some(DEMO_KEY_NAME))
+    {
+        return Ok(DemoKey::Existing(k.prefix.clone()));
+    }
+    let spec =
+        ApiKeySpec { tenant: DEMO_TENANT.to_owned(), name: Some(DEMO_KEY_NAME.to_owned()) };
+    let created: ApiKeyCreated = client.post("/keys", &spec).await?;
+    Ok(DemoKey::New(created.secret))
+}
+
+/// Prints replica readiness as it changes, so the first start (models loading) is visible.
+async fn report_readiness(client: ControlClient, shutdown: tokio_util::sync::CancellationToken) {
+    let mut last = (usize::MAX, usize::MAX);
+    loop {
+        if let Ok(status) = client.get::<FleetStatus>("/status").await {
+            let ready =
+                status.replicas.iter().filter(|r| r.state == ReplicaState::Ready).count();
+            let now = (ready, status.replicas.len());
+            if now != last && now.1 > 0 {
+                if ready == now.1 {
+                    println!("all {ready} replicas ready");
+                } else {
+                    println!("replicas ready: {ready}/{}", now.1);
+                }
+                last = now;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
