@@ -1,1 +1,34 @@
-//! wattmesh-control (skeleton).
+//! wattmesh-control: the control plane service — operator REST API, agent protocol, gateway
+//! config feed, and the reconciler that drives the pure scheduler.
+//!
+//! Layout:
+//! - [`ControlConfig`] (`config.rs`), [`open`], [`Control`] (`service.rs`): what the CLI calls.
+//! - `error.rs`: [`ControlError`], the one place errors become HTTP responses.
+//! - `secrets.rs`: token and API key generation, hashing, the 0600 token files.
+//! - `liveness.rs`: which sites heartbeat on time (tokio's clock, so tests can pause it).
+//! - `plan.rs`: pure — store rows in, `wattmesh_domain::place` called, the replica diff out.
+//! - `views.rs`: pure — store rows to API, desired-state and gateway-config shapes.
+//! - `reconciler.rs`: the thin driver: snapshot, plan, apply, publish versioned watch state.
+//! - `extract.rs`: JSON/query extractors with JSON errors, admin and agent authentication.
+//! - `routes/`: the handlers, one module per area; `openapi.rs`: the OpenAPI document.
+//!
+//! **Architecture invariant:** placement decisions live in `wattmesh_domain`; this crate only
+//! gathers snapshots, calls it, and writes the result. **API boundary:** every response body,
+//! success or error, is a `wattmesh_proto` type.
+
+mod config;
+mod error;
+mod extract;
+mod liveness;
+mod openapi;
+mod plan;
+mod reconciler;
+mod routes;
+mod secrets;
+mod service;
+mod views;
+
+pub use config::{ControlConfig, DEFAULT_HEARTBEAT_TIMEOUT};
+pub use error::ControlError;
+pub use openapi::ApiDoc;
+pub use service::{ADMIN_TOKEN_FILE, BOOTSTRAP_TOKEN_FILE, Control, DB_FILE, open};

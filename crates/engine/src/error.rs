@@ -14,19 +14,28 @@ use wattmesh_proto::openai::{ErrorKind, ErrorResponse};
 pub enum EngineError {
     /// A model artifact could not be read.
     #[error("cannot read {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// A model artifact is present but not what the engine expects.
     #[error("bad model artifact: {0}")]
     Artifact(String),
     /// candle failed while loading or running the model.
     #[error("model error: {0}")]
     Model(#[from] candle_core::Error),
+    /// Generation failed mid-way (a candle error in the worker).
+    #[error("generation failed: {0}")]
+    Generation(String),
     /// The tokenizer could not be built or failed on an input.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
     /// The request is malformed or asks for something this engine does not do.
     #[error("{message}")]
-    InvalidRequest { message: String, param: Option<&'static str> },
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
     /// The prompt plus the completion budget does not fit the model's context.
     #[error("{0}")]
     ContextLengthExceeded(String),
@@ -50,12 +59,18 @@ pub enum EngineError {
 impl EngineError {
     /// A 400 for a request field.
     pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        EngineError::InvalidRequest { message: message.into(), param: Some(param) }
+        EngineError::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+        }
     }
 
     /// A 400 about the request as a whole.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        EngineError::InvalidRequest { message: message.into(), param: None }
+        EngineError::InvalidRequest {
+            message: message.into(),
+            param: None,
+        }
     }
 
     /// The OpenAI error kind a client sees for this error.
@@ -71,6 +86,7 @@ impl EngineError {
             EngineError::Io { .. }
             | EngineError::Artifact(_)
             | EngineError::Model(_)
+            | EngineError::Generation(_)
             | EngineError::Tokenizer(_) => ErrorKind::Internal,
         }
     }

@@ -1,25 +1,33 @@
-//! wattmesh-engine (work in progress).
+//! The embedded inference engine: candle models behind the OpenAI protocol of one replica.
+//!
+//! A site agent loads a [`Replica`] (a GGUF chat model or a BERT embedding model) and serves
+//! it with [`serve`]; tests drive [`router`] directly.
+//!
+//! Layout:
+//! - [`replica`]: a loaded model and its admission of work; the public entry point.
+//! - [`server`]: routes, OpenAI request parsing, the graceful serve loop.
+//! - [`stream`]: OpenAI server-sent-event chunks, and collecting non-streamed answers.
+//! - [`chat`]: the GGUF chat model: load, chat/completion requests → token prompts.
+//! - [`tokenizer`]: the byte-level BPE rebuilt from GGUF metadata (llama.cpp's ids).
+//! - [`template`]: chat templates with minijinja.
+//! - [`generate`]: sampling parameters and the worker thread that owns the weights.
+//! - [`detok`]: incremental UTF-8-safe detokenization with stop strings.
+//! - [`embed`]: the BERT embedding model (mean pooling, L2 normalization).
+//! - [`metrics`]: per-replica Prometheus counters (vLLM names).
+//! - [`error`]: [`EngineError`] and its one mapping to OpenAI errors.
+
+pub mod chat;
+pub mod detok;
+pub mod embed;
 pub mod error;
+pub mod generate;
+pub mod metrics;
+pub mod replica;
+pub mod server;
+pub mod stream;
+pub mod template;
 pub mod tokenizer;
 
-#[cfg(test)]
-mod dump {
-    #[test]
-    fn dump_meta() {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/test-data/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-        let mut f = std::fs::File::open(p).unwrap();
-        let c = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
-        let mut keys: Vec<_> = c.metadata.iter().collect();
-        keys.sort_by_key(|k| k.0.clone());
-        for (k, v) in keys {
-            match v {
-                candle_core::quantized::gguf_file::Value::Array(a) => println!("{k}: array[{}] first={:?}", a.len(), &a[..a.len().min(20)]),
-                v => println!("{k}: {v:?}"),
-            }
-        }
-        let t = super::tokenizer::GgufTokenizer::from_gguf(&c).unwrap();
-        for s in ["Hello, world!", "12345", " leading space", "émoji 🚀", "<|im_start|>user\nhi<|im_end|>\n"] {
-            println!("{s:?} -> {:?}", t.encode(s).unwrap());
-        }
-    }
-}
+pub use error::EngineError;
+pub use replica::Replica;
+pub use server::{router, serve};

@@ -62,15 +62,24 @@ impl GgufTokenizer {
             })
             .collect::<Result<_, _>>()?;
         let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-            Some(v) => v.to_vec()?.iter().map(|t| t.to_i32()).collect::<Result<_, _>>()?,
+            Some(v) => v
+                .to_vec()?
+                .iter()
+                .map(|t| t.to_i32())
+                .collect::<Result<_, _>>()?,
             None => vec![1; tokens.len()],
         };
         if types.len() != tokens.len() {
-            return Err(EngineError::Artifact("token_type and tokens differ in length".into()));
+            return Err(EngineError::Artifact(
+                "token_type and tokens differ in length".into(),
+            ));
         }
 
-        let vocab: Vocab =
-            tokens.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.clone(), id as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
@@ -110,8 +119,14 @@ impl GgufTokenizer {
                 ),
             }
         }
-        inner.add_special_tokens(&added);
-        Ok(Self { inner, bytes, tokens, special })
+        // Returns how many tokens were new to the vocabulary; all of ours already are in it.
+        let _ = inner.add_special_tokens(added);
+        Ok(Self {
+            inner,
+            bytes,
+            tokens,
+            special,
+        })
     }
 
     /// Encodes text; special tokens in it (like `<|im_start|>`) become their single ids.
@@ -126,12 +141,19 @@ impl GgufTokenizer {
 
     /// The bytes an id contributes to the output text (empty for control tokens).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Decodes ids to text (lossy on invalid UTF-8), skipping control tokens.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.token_bytes(id)).copied().collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.token_bytes(id))
+            .copied()
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
@@ -175,7 +197,8 @@ fn meta<'a>(
     md: &'a HashMap<String, gguf_file::Value>,
     key: &str,
 ) -> Result<&'a gguf_file::Value, EngineError> {
-    md.get(key).ok_or_else(|| EngineError::Artifact(format!("GGUF metadata has no {key}")))
+    md.get(key)
+        .ok_or_else(|| EngineError::Artifact(format!("GGUF metadata has no {key}")))
 }
 
 pub(crate) fn string_meta<'a>(

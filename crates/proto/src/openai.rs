@@ -66,8 +66,8 @@ impl ChatMessage {
             Some(MessageContent::Text(t)) => t.clone(),
             Some(MessageContent::Parts(parts)) => parts
                 .iter()
-                .filter_map(|p| match p {
-                    ContentPart::Text { text } => Some(text.as_str()),
+                .map(|p| match p {
+                    ContentPart::Text { text } => text.as_str(),
                 })
                 .collect::<Vec<_>>()
                 .join(""),

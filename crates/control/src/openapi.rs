@@ -1,0 +1,64 @@
+//! The OpenAPI document of the control plane, served without auth at `/api/openapi.json` so
+//! clients can be generated from it. Paths come from the handlers' `#[utoipa::path]`s, schemas
+//! from the `wattmesh_proto` DTOs.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use wattmesh_proto::{agent, api, gateway};
+
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "wattmesh control plane",
+        description = "Operator REST API, agent protocol and gateway config feed. Every error \
+                       is an `ApiError` with a stable `code`."
+    ),
+    paths(
+        routes::create_region, routes::list_regions, routes::delete_region,
+        routes::create_site, routes::list_sites, routes::get_site,
+        routes::create_node, routes::list_nodes,
+        routes::create_model, routes::list_models,
+        routes::create_deployment, routes::list_deployments, routes::get_deployment,
+        routes::scale_deployment, routes::delete_deployment,
+        routes::list_replicas, routes::status,
+        routes::create_tenant, routes::list_tenants,
+        routes::create_key, routes::list_keys, routes::revoke_key,
+        routes::register, routes::heartbeat, routes::desired,
+        routes::gateway_config,
+    ),
+    components(schemas(
+        api::Region, api::SiteSpec, api::Site, api::NodeSpec, api::Node, api::Model,
+        api::DeploymentSpec, api::DeploymentPatch, api::Deployment, api::ReplicaState,
+        api::Replica, api::Tenant, api::ApiKeySpec, api::ApiKey, api::ApiKeyCreated,
+        api::FleetStatus, api::ApiError, api::ApiErrorDetail,
+        agent::RegisterRequest, agent::RegisterResponse, agent::NodeReport, agent::Heartbeat,
+        agent::ReplicaReport, agent::HeartbeatAck, agent::DesiredState, agent::ReplicaAssignment,
+        gateway::GatewayConfig, gateway::GatewayKey, gateway::ModelRoute, gateway::RouteReplica,
+    )),
+    modifiers(&BearerTokens),
+    security(("admin_token" = [])),
+)]
+pub struct ApiDoc;
+
+/// Declares the three bearer tokens: admin (operator routes, gateway feed), bootstrap (agent
+/// registration), agent (the other agent calls).
+struct BearerTokens;
+
+impl Modify for BearerTokens {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        for name in ["admin_token", "bootstrap_token", "agent_token"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

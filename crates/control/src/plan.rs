@@ -1,0 +1,198 @@
+//! The reconciler's decision, pure: store rows and the set of ready sites in, the scheduler
+//! called, the replica rows to add and delete out. No I/O, no clock, so it is tested with
+//! plain values like the scheduler itself.
+//!
+//! Beyond `wattmesh_domain::place`, one rule lives here: a replica on a site that stopped
+//! heartbeating is kept (shown `lost`) while its deployment is short of replicas elsewhere,
+//! so when the site comes back its still-running replica is reused instead of churned. Once
+//! the deployment is whole again without it, it is deleted.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use wattmesh_domain::{DeploymentDemand, FleetView, NodeView, Placement, place};
+use wattmesh_store::{DeploymentRecord, NodeRecord, ReplicaRecord};
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// New replicas to create, as (deployment, node).
+    pub add: Vec<Placement>,
+    /// Ids of replica rows to delete.
+    pub remove: Vec<String>,
+    /// Replicas per deployment the scheduler could not place.
+    pub unschedulable: BTreeMap<String, u32>,
+}
+
+pub(crate) fn fleet_view(nodes: &[NodeRecord], ready_sites: &BTreeSet<String>) -> FleetView {
+    FleetView {
+        nodes: nodes
+            .iter()
+            .map(|n| NodeView {
+                name: n.name.clone(),
+                site: n.site.clone(),
+                region: n.region.clone(),
+                memory_bytes: n.memory_bytes,
+                power_price_usd_per_mwh: n.power_price_usd_per_mwh,
+                ready: ready_sites.contains(&n.site),
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn plan(
+    nodes: &[NodeRecord],
+    ready_sites: &BTreeSet<String>,
+    deployments: &[DeploymentRecord],
+    replicas: &[ReplicaRecord],
+) -> Plan {
+    let fleet = fleet_view(nodes, ready_sites);
+    let demands: Vec<DeploymentDemand> = deployments
+        .iter()
+        .map(|d| DeploymentDemand {
+            name: d.name.clone(),
+            replicas: d.replicas,
+            memory_bytes: d.memory_bytes,
+        })
+        .collect();
+    let current: Vec<Placement> = replicas
+        .iter()
+        .map(|r| Placement {
+            deployment: r.deployment.clone(),
+            node: r.node.clone(),
+        })
+        .collect();
+    let schedule = place(&fleet, &demands, &current);
+
+    let existing: HashSet<&Placement> = current.iter().collect();
+    let wanted: HashSet<&Placement> = schedule.placements.iter().collect();
+    let add = schedule
+        .placements
+        .iter()
+        .filter(|p| !existing.contains(p))
+        .cloned()
+        .collect();
+
+    // Replicas are sorted by deployment then node, so "the first lost ones" is deterministic.
+    let mut lost_kept: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut remove = Vec::new();
+    for (r, p) in replicas.iter().zip(&current) {
+        if wanted.contains(p) {
+            continue;
+        }
+        let node_ready = fleet.node(&r.node).is_some_and(|n| n.ready);
+        let short = schedule
+            .unschedulable
+            .get(&r.deployment)
+            .copied()
+            .unwrap_or(0);
+        let kept = lost_kept.entry(r.deployment.as_str()).or_default();
+        if !node_ready && *kept < short {
+            *kept += 1;
+        } else {
+            remove.push(r.id.clone());
+        }
+    }
+    Plan {
+        add,
+        remove,
+        unschedulable: schedule.unschedulable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+    use wattmesh_domain::ModelKind;
+    use wattmesh_proto::api::ReplicaState;
+
+    fn node(name: &str, site: &str, region: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            site: site.into(),
+            region: region.into(),
+            memory_bytes: 8,
+            power_price_usd_per_mwh: Decimal::ONE,
+        }
+    }
+
+    fn deployment(replicas: u32) -> DeploymentRecord {
+        DeploymentRecord {
+            name: "chat".into(),
+            model: "m".into(),
+            replicas,
+            memory_bytes: 1,
+        }
+    }
+
+    fn replica(id: &str, node: &str, site: &str) -> ReplicaRecord {
+        ReplicaRecord {
+            id: id.into(),
+            deployment: "chat".into(),
+            model: "m".into(),
+            kind: ModelKind::Chat,
+            artifact: "m".into(),
+            node: node.into(),
+            site: site.into(),
+            region: "r".into(),
+            state: ReplicaState::Ready,
+            endpoint: None,
+            message: None,
+        }
+    }
+
+    fn ready(sites: &[&str]) -> BTreeSet<String> {
+        sites.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn placed(plan: &Plan) -> Vec<&str> {
+        plan.add.iter().map(|p| p.node.as_str()).collect()
+    }
+
+    #[test]
+    fn new_deployment_gets_replicas_in_two_regions() {
+        let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
+        let p = plan(&nodes, &ready(&["sa", "sb"]), &[deployment(2)], &[]);
+        assert_eq!(placed(&p), vec!["a", "b"]);
+        assert!(p.remove.is_empty() && p.unschedulable.is_empty());
+    }
+
+    #[test]
+    fn nodes_of_sites_that_never_heartbeated_get_nothing() {
+        let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
+        let p = plan(&nodes, &ready(&["sa"]), &[deployment(2)], &[]);
+        assert_eq!(placed(&p), vec!["a"]);
+        assert_eq!(p.unschedulable.get("chat"), Some(&1));
+    }
+
+    #[test]
+    fn a_lost_replica_is_kept_while_the_deployment_is_short_and_dropped_once_whole() {
+        let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
+        let current = [replica("ra", "a", "sa"), replica("rb", "b", "sb")];
+        let p = plan(&nodes, &ready(&["sa"]), &[deployment(2)], &current);
+        assert_eq!(
+            p,
+            Plan {
+                unschedulable: [("chat".into(), 1)].into(),
+                ..Plan::default()
+            }
+        );
+
+        let with_c = [
+            node("a", "sa", "r1"),
+            node("b", "sb", "r2"),
+            node("c", "sc", "r3"),
+        ];
+        let p = plan(&with_c, &ready(&["sa", "sc"]), &[deployment(2)], &current);
+        assert_eq!(placed(&p), vec!["c"]);
+        assert_eq!(p.remove, vec!["rb".to_owned()]);
+    }
+
+    #[test]
+    fn scaling_down_removes_replicas() {
+        let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
+        let current = [replica("ra", "a", "sa"), replica("rb", "b", "sb")];
+        let p = plan(&nodes, &ready(&["sa", "sb"]), &[deployment(1)], &current);
+        assert_eq!(p.remove, vec!["rb".to_owned()]);
+        assert!(p.add.is_empty());
+    }
+}

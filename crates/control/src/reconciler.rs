@@ -1,0 +1,192 @@
+//! The reconciler: the thin driver around [`plan`](crate::plan). One step reads a snapshot
+//! from the store, plans, applies the diff, then publishes what watchers see — each site's
+//! desired state and the gateway config — bumping a version only where the content changed.
+//!
+//! Steps run one at a time (an async mutex held for the whole step), whoever triggers them:
+//! a mutating API call (so its response already reflects the new placement), a heartbeat
+//! that changed something, or the periodic tick that notices sites going stale. Serializing
+//! steps is what keeps two triggers from creating the same replica twice; the schema's
+//! unique (deployment, node) is the backstop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+use wattmesh_proto::agent::{DesiredState, ReplicaAssignment};
+use wattmesh_proto::gateway::GatewayConfig;
+use wattmesh_store::{NewReplica, Store, StoreError};
+
+use crate::liveness::Liveness;
+use crate::{plan, views};
+
+/// How often a step runs even when nothing asked for one (staleness has no event).
+pub(crate) const TICK: Duration = Duration::from_secs(1);
+
+const GATEWAY_SCOPE: &str = "gateway";
+
+fn site_scope(site: &str) -> String {
+    format!("site/{site}")
+}
+
+/// What long-pollers watch: replaced as a whole on every publish that changed a version.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Published {
+    pub desired: BTreeMap<String, DesiredState>,
+    pub gateway: GatewayConfig,
+    pub unschedulable: BTreeMap<String, u32>,
+}
+
+impl Published {
+    pub(crate) fn desired_for(&self, site: &str) -> DesiredState {
+        self.desired.get(site).cloned().unwrap_or(DesiredState {
+            version: 0,
+            replicas: Vec::new(),
+        })
+    }
+}
+
+/// What a step remembers from the last one: versions and the content they stood for.
+#[derive(Debug, Default)]
+struct StepState {
+    versions: BTreeMap<String, u64>,
+    last_sites: BTreeMap<String, Vec<ReplicaAssignment>>,
+    last_gateway: Option<GatewayConfig>,
+}
+
+pub(crate) struct Reconciler {
+    store: Arc<dyn Store>,
+    pub(crate) liveness: Liveness,
+    step: Mutex<StepState>,
+    published: watch::Sender<Arc<Published>>,
+}
+
+impl Reconciler {
+    /// Versions start from the stored ones so a watcher never sees one go backwards.
+    pub(crate) async fn new(store: Arc<dyn Store>, liveness: Liveness) -> Result<Self, StoreError> {
+        let versions = store.versions().await?;
+        let (published, _) = watch::channel(Arc::new(Published::default()));
+        Ok(Self {
+            store,
+            liveness,
+            step: Mutex::new(StepState {
+                versions,
+                ..StepState::default()
+            }),
+            published,
+        })
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.published.subscribe()
+    }
+
+    pub(crate) fn current(&self) -> Arc<Published> {
+        self.published.borrow().clone()
+    }
+
+    /// Runs a step after a change that already succeeded; a failure is logged and left to
+    /// the next tick, since the caller's own change is stored either way.
+    pub(crate) async fn nudge(&self) {
+        if let Err(e) = self.step().await {
+            tracing::error!(error = %e, "reconcile failed; retrying on the next tick");
+        }
+    }
+
+    /// Steps every [`TICK`] until `stop`.
+    pub(crate) async fn tick_until(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.nudge().await,
+            }
+        }
+    }
+
+    /// One reconcile step.
+    pub(crate) async fn step(&self) -> Result<(), StoreError> {
+        let mut state = self.step.lock().await;
+        let store = &*self.store;
+        let ready = self.liveness.ready_sites();
+        let nodes = store.list_nodes().await?;
+        let deployments = store.list_deployments().await?;
+        let mut replicas = store.list_replicas().await?;
+
+        let plan = plan::plan(&nodes, &ready, &deployments, &replicas);
+        if !plan.add.is_empty() || !plan.remove.is_empty() {
+            let add: Vec<NewReplica> = plan
+                .add
+                .iter()
+                .map(|p| NewReplica {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    deployment: p.deployment.clone(),
+                    node: p.node.clone(),
+                })
+                .collect();
+            tracing::info!(
+                added = add.len(),
+                removed = plan.remove.len(),
+                "placement changed"
+            );
+            store.apply_placements(&add, &plan.remove).await?;
+            replicas = store.list_replicas().await?;
+        }
+
+        let sites = store.list_sites().await?;
+        let keys = store.list_api_keys().await?;
+        let kinds = store
+            .list_models()
+            .await?
+            .into_iter()
+            .map(|m| (m.name, m.kind))
+            .collect();
+        let by_site = views::assignments(&sites, &replicas);
+        let gateway = views::gateway_config(&keys, &deployments, &replicas, &ready, &kinds);
+
+        let mut next = Published {
+            unschedulable: plan.unschedulable,
+            ..Published::default()
+        };
+        let mut changed = self.published.borrow().unschedulable != next.unschedulable;
+        for (site, assigned) in by_site {
+            let scope = site_scope(&site);
+            if state.last_sites.get(&site) != Some(&assigned) {
+                self.bump(&mut state, &scope).await?;
+                state.last_sites.insert(site.clone(), assigned.clone());
+                changed = true;
+            }
+            let version = state.versions.get(&scope).copied().unwrap_or(0);
+            next.desired.insert(
+                site,
+                DesiredState {
+                    version,
+                    replicas: assigned,
+                },
+            );
+        }
+        if state.last_gateway.as_ref() != Some(&gateway) {
+            self.bump(&mut state, GATEWAY_SCOPE).await?;
+            state.last_gateway = Some(gateway.clone());
+            changed = true;
+        }
+        next.gateway = GatewayConfig {
+            version: state.versions.get(GATEWAY_SCOPE).copied().unwrap_or(0),
+            ..gateway
+        };
+        if changed {
+            self.published.send_replace(Arc::new(next));
+        }
+        Ok(())
+    }
+
+    /// Moves a version on, storing it first so a restart never reuses a number.
+    async fn bump(&self, state: &mut StepState, scope: &str) -> Result<(), StoreError> {
+        let next = state.versions.get(scope).copied().unwrap_or(0) + 1;
+        self.store.set_version(scope, next).await?;
+        state.versions.insert(scope.to_owned(), next);
+        Ok(())
+    }
+}

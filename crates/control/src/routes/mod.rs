@@ -1,0 +1,110 @@
+//! The HTTP surface: every route under `/api/v1`, the OpenAPI document, and the JSON answers
+//! for unknown routes and wrong methods. One module per area:
+//! - `fleet`: regions, sites, nodes; `workloads`: models, deployments, replicas, status;
+//! - `access`: tenants and API keys; `agent`: the agent protocol; `gateway`: its config feed.
+
+mod access;
+mod agent;
+mod fleet;
+mod gateway;
+mod workloads;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router, middleware};
+use tokio::sync::watch;
+use wattmesh_proto::agent::WatchQuery;
+use wattmesh_proto::api::API_PREFIX;
+
+use crate::ControlError;
+use crate::extract::require_admin;
+use crate::openapi::openapi_json;
+use crate::reconciler::Published;
+use crate::service::{AppState, BODY_LIMIT_BYTES, MAX_WATCH};
+
+pub(crate) use access::*;
+pub(crate) use agent::*;
+pub(crate) use fleet::*;
+pub(crate) use gateway::*;
+pub(crate) use workloads::*;
+
+fn v1(path: &str) -> String {
+    format!("{API_PREFIX}{path}")
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    let operator = Router::new()
+        .route(&v1("/regions"), post(create_region).get(list_regions))
+        .route(&v1("/regions/{name}"), delete(delete_region))
+        .route(&v1("/sites"), post(create_site).get(list_sites))
+        .route(&v1("/sites/{name}"), get(get_site))
+        .route(&v1("/nodes"), post(create_node).get(list_nodes))
+        .route(&v1("/models"), post(create_model).get(list_models))
+        .route(
+            &v1("/deployments"),
+            post(create_deployment).get(list_deployments),
+        )
+        .route(
+            &v1("/deployments/{name}"),
+            get(get_deployment)
+                .patch(scale_deployment)
+                .delete(delete_deployment),
+        )
+        .route(&v1("/replicas"), get(list_replicas))
+        .route(&v1("/tenants"), post(create_tenant).get(list_tenants))
+        .route(&v1("/keys"), post(create_key).get(list_keys))
+        .route(&v1("/keys/{id}"), delete(revoke_key))
+        .route(&v1("/status"), get(status))
+        .route(&v1("/gateway/config"), get(gateway_config))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let agents = Router::new()
+        .route(&v1("/agent/register"), post(register))
+        .route(&v1("/agent/heartbeat"), post(heartbeat))
+        .route(&v1("/agent/desired"), get(desired));
+    operator
+        .merge(agents)
+        .route("/api/openapi.json", get(openapi_json))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn unknown_route() -> ControlError {
+    ControlError::NotFound("no such route".into())
+}
+
+async fn wrong_method() -> ControlError {
+    ControlError::MethodNotAllowed
+}
+
+/// Waits while the watched version equals `after` (at most `wait_s`, capped at
+/// [`MAX_WATCH`], or until shutdown), then returns what is published. Without `after` it
+/// answers at once.
+async fn long_poll(
+    state: &AppState,
+    query: WatchQuery,
+    version: impl Fn(&Published) -> u64,
+) -> Arc<Published> {
+    let mut rx: watch::Receiver<Arc<Published>> = state.reconciler.subscribe();
+    let Some(after) = query.after else {
+        return rx.borrow().clone();
+    };
+    let wait = Duration::from_secs(query.wait_s.unwrap_or(MAX_WATCH.as_secs())).min(MAX_WATCH);
+    let changed = async {
+        // An error means the reconciler is gone (shutdown); answer with what we have.
+        let _ = rx.wait_for(|p| version(p) != after).await;
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(wait, changed) => {}
+        _ = state.stop.cancelled() => {}
+    }
+    rx.borrow().clone()
+}
+
+/// `Json` of a list of API objects: a named alias keeps handler signatures short.
+type JsonList<T> = Json<Vec<T>>;

@@ -1,0 +1,81 @@
+//! Shared setup of the control-plane tests: a control plane on a temp data dir and a way to
+//! call its router without a socket.
+
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tempfile::TempDir;
+use tower::ServiceExt;
+use wattmesh_control::{ADMIN_TOKEN_FILE, BOOTSTRAP_TOKEN_FILE, Control, ControlConfig};
+
+pub struct Harness {
+    pub dir: TempDir,
+    pub control: Control,
+    pub admin: String,
+    pub bootstrap: String,
+}
+
+pub async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let control = wattmesh_control::open(ControlConfig::new(dir.path()))
+        .await
+        .unwrap();
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.path().join(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (admin, bootstrap) = (read(ADMIN_TOKEN_FILE), read(BOOTSTRAP_TOKEN_FILE));
+    Harness {
+        dir,
+        control,
+        admin,
+        bootstrap,
+    }
+}
+
+/// One request through the router: (status, JSON body or `null` when empty).
+pub async fn call(
+    control: &Control,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_owned())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let resp = control.router().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{status}: body is not JSON: {bytes:?}"))
+    };
+    (status, json)
+}
+
+impl Harness {
+    pub async fn admin(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        call(&self.control, method, uri, Some(&self.admin), body).await
+    }
+}

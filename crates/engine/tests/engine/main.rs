@@ -1,0 +1,11 @@
+//! End-to-end tests of the engine with the real default models: one test binary, so each
+//! model is loaded once (see [`common`]) however many tests use it.
+
+// A test binary: failing loudly on a broken fixture is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod chat;
+mod common;
+mod embeddings;
+mod errors;
+mod socket;

@@ -1,0 +1,26 @@
+//! The config in force: accepted keys by secret hash, and each model's ready replicas. Built
+//! from the control plane's [`GatewayConfig`] and swapped whole when a new one arrives.
+
+use std::collections::HashMap;
+
+use wattmesh_proto::gateway::{GatewayConfig, GatewayKey, ModelRoute};
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// False until the first config arrives: requests then get 503, not 401.
+    pub loaded: bool,
+    pub version: u64,
+    pub keys: HashMap<String, GatewayKey>,
+    pub models: HashMap<String, ModelRoute>,
+}
+
+impl Snapshot {
+    pub fn from_config(config: GatewayConfig) -> Self {
+        Self {
+            loaded: true,
+            version: config.version,
+            keys: config.keys.into_iter().map(|k| (k.secret_sha256.clone(), k)).collect(),
+            models: config.models.into_iter().map(|m| (m.model.clone(), m)).collect(),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! What the store returns and takes. Specs the operator sends (`proto::api`) are taken as they
+//! are; rows carry what joins add (a node's region, a replica's model) so callers need no
+//! second query, and leave out what only the control plane knows (readiness).
+
+use rust_decimal::Decimal;
+use wattmesh_domain::ModelKind;
+use wattmesh_proto::agent::{NodeReport, ReplicaReport};
+use wattmesh_proto::api::ReplicaState;
+
+use crate::StoreError;
+
+/// Longest accepted name of any object.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a name of an object addressed by name (region, site, node, model, deployment,
+/// tenant). Names appear in URL paths and logs, so they stay to a URL- and shell-safe set.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), StoreError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let starts_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !starts_ok || !name.chars().all(ok_char) {
+        return Err(StoreError::Invalid(format!(
+            "invalid {kind} name {name:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or \
+             '.', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteRecord {
+    pub name: String,
+    pub region: String,
+    pub power_price_usd_per_mwh: Decimal,
+    /// RFC 3339 wall time of the last heartbeat, for display.
+    pub last_heartbeat: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub site: String,
+    pub region: String,
+    pub memory_bytes: u64,
+    /// The site's price, joined in because the scheduler ranks nodes by it.
+    pub power_price_usd_per_mwh: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentRecord {
+    pub name: String,
+    pub model: String,
+    pub replicas: u32,
+    /// The model's memory per replica, joined in for the scheduler's demand.
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaRecord {
+    pub id: String,
+    pub deployment: String,
+    pub model: String,
+    pub kind: ModelKind,
+    pub artifact: String,
+    pub node: String,
+    pub site: String,
+    pub region: String,
+    /// The state the agent last reported (or `pending`); the control plane shows `lost` on
+    /// top of it while the site is not ready.
+    pub state: ReplicaState,
+    pub endpoint: Option<String>,
+    pub message: Option<String>,
+}
+
+/// A replica the reconciler decided to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReplica {
+    pub id: String,
+    pub deployment: String,
+    pub node: String,
+}
+
+/// An API key to store; the secret itself never reaches the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewApiKey {
+    pub id: String,
+    pub tenant: String,
+    pub name: Option<String>,
+    pub prefix: String,
+    pub secret_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant: String,
+    pub name: Option<String>,
+    pub prefix: String,
+    pub secret_sha256: String,
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+/// An agent joining: its site (created with its region if missing), its nodes, and the hash
+/// of the token issued to it, which replaces any earlier token of the site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRegistration {
+    pub site: String,
+    pub region: String,
+    /// `None` keeps a known site's price, or 0 for a new site.
+    pub power_price_usd_per_mwh: Option<Decimal>,
+    pub nodes: Vec<NodeReport>,
+    pub token_sha256: String,
+}
+
+/// One heartbeat of a site's agent.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteHeartbeat<'a> {
+    pub site: &'a str,
+    pub nodes: &'a [NodeReport],
+    pub replicas: &'a [ReplicaReport],
+}
+
+pub(crate) fn replica_state_from_str(s: &str) -> Result<ReplicaState, StoreError> {
+    Ok(match s {
+        "pending" => ReplicaState::Pending,
+        "starting" => ReplicaState::Starting,
+        "ready" => ReplicaState::Ready,
+        "failed" => ReplicaState::Failed,
+        "lost" => ReplicaState::Lost,
+        other => {
+            return Err(StoreError::Invalid(format!(
+                "stored replica state {other:?}"
+            )));
+        }
+    })
+}

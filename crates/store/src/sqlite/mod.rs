@@ -1,0 +1,205 @@
+//! The SQLite implementation of [`Store`]: the embedded default of `wattmesh up`, one file in
+//! the data directory, WAL mode so readers never wait for the writer.
+//!
+//! A PostgreSQL implementation is not written yet; it will run the same `migrations/` (kept to
+//! portable SQL) and implement the same trait. Queries here use `sqlx::query` at run time (no
+//! compile-time `query!`), so building needs no database.
+//!
+//! Layout: `fleet` (regions, sites, nodes), `workloads` (models, deployments, replicas),
+//! `access` (tenants, API keys, agents, secrets, versions). The trait impl below only delegates.
+
+mod access;
+mod fleet;
+mod workloads;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use wattmesh_proto::api::{DeploymentSpec, Model, NodeSpec, Region, SiteSpec, Tenant};
+
+use crate::records::{
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, NewApiKey, NewReplica, NodeRecord,
+    ReplicaRecord, SiteHeartbeat, SiteRecord,
+};
+use crate::{Store, StoreError};
+
+/// The control plane's state in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and runs pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose
+            // the last transactions, which the reconciler and agents re-derive.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for connections to finish (so the file can be reopened).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Starts a write transaction that takes the write lock at once. SQLite's default (deferred)
+/// transaction that reads before it writes can fail with `SQLITE_BUSY` without waiting when
+/// another writer commits in between; `IMMEDIATE` waits on the busy timeout instead.
+async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+/// Now, as the RFC 3339 text stored for display.
+fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| String::from("unknown"))
+}
+
+/// SQL integers are signed 64-bit; larger byte counts are refused rather than wrapped.
+fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Invalid(format!("{what} {v} is too large")))
+}
+
+fn from_i64(what: &str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Invalid(format!("stored {what} {v} is negative")))
+}
+
+/// Maps a unique-key violation of an insert to `Conflict`, leaving other errors as they are.
+fn conflict_on_duplicate(e: sqlx::Error, kind: &str, name: &str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(format!("{kind} {name:?} already exists"))
+        }
+        _ => StoreError::Db(e),
+    }
+}
+
+// === impl Store for SqliteStore ===
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_region(&self, name: &str) -> Result<Region, StoreError> {
+        fleet::create_region(&self.pool, name).await
+    }
+    async fn list_regions(&self) -> Result<Vec<Region>, StoreError> {
+        fleet::list_regions(&self.pool).await
+    }
+    async fn delete_region(&self, name: &str) -> Result<(), StoreError> {
+        fleet::delete_region(&self.pool, name).await
+    }
+    async fn create_site(&self, site: &SiteSpec) -> Result<SiteRecord, StoreError> {
+        fleet::create_site(&self.pool, site).await
+    }
+    async fn list_sites(&self) -> Result<Vec<SiteRecord>, StoreError> {
+        fleet::list_sites(&self.pool).await
+    }
+    async fn get_site(&self, name: &str) -> Result<SiteRecord, StoreError> {
+        fleet::get_site(&self.pool, name).await
+    }
+    async fn create_node(&self, node: &NodeSpec) -> Result<NodeRecord, StoreError> {
+        fleet::create_node(&self.pool, node).await
+    }
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        fleet::list_nodes(&self.pool).await
+    }
+
+    async fn create_model(&self, model: &Model) -> Result<Model, StoreError> {
+        workloads::create_model(&self.pool, model).await
+    }
+    async fn list_models(&self) -> Result<Vec<Model>, StoreError> {
+        workloads::list_models(&self.pool).await
+    }
+    async fn create_deployment(
+        &self,
+        spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError> {
+        workloads::create_deployment(&self.pool, spec).await
+    }
+    async fn list_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        workloads::list_deployments(&self.pool).await
+    }
+    async fn get_deployment(&self, name: &str) -> Result<DeploymentRecord, StoreError> {
+        workloads::get_deployment(&self.pool, name).await
+    }
+    async fn scale_deployment(
+        &self,
+        name: &str,
+        replicas: u32,
+    ) -> Result<DeploymentRecord, StoreError> {
+        workloads::scale_deployment(&self.pool, name, replicas).await
+    }
+    async fn delete_deployment(&self, name: &str) -> Result<(), StoreError> {
+        workloads::delete_deployment(&self.pool, name).await
+    }
+    async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        workloads::list_replicas(&self.pool).await
+    }
+    async fn apply_placements(
+        &self,
+        add: &[NewReplica],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
+        workloads::apply_placements(&self.pool, add, remove).await
+    }
+
+    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
+        access::create_tenant(&self.pool, name).await
+    }
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        access::list_tenants(&self.pool).await
+    }
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKeyRecord, StoreError> {
+        access::create_api_key(&self.pool, key).await
+    }
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        access::list_api_keys(&self.pool).await
+    }
+    async fn revoke_api_key(&self, id: &str) -> Result<(), StoreError> {
+        access::revoke_api_key(&self.pool, id).await
+    }
+
+    async fn register_agent(&self, registration: &AgentRegistration) -> Result<(), StoreError> {
+        fleet::register_agent(&self.pool, registration).await
+    }
+    async fn agent_site(&self, token_sha256: &str) -> Result<Option<String>, StoreError> {
+        access::agent_site(&self.pool, token_sha256).await
+    }
+    async fn record_heartbeat(&self, heartbeat: SiteHeartbeat<'_>) -> Result<bool, StoreError> {
+        fleet::record_heartbeat(&self.pool, heartbeat).await
+    }
+
+    async fn secret(&self, name: &str) -> Result<Option<String>, StoreError> {
+        access::secret(&self.pool, name).await
+    }
+    async fn insert_secret(&self, name: &str, sha256: &str) -> Result<(), StoreError> {
+        access::insert_secret(&self.pool, name, sha256).await
+    }
+    async fn versions(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        access::versions(&self.pool).await
+    }
+    async fn set_version(&self, scope: &str, version: u64) -> Result<(), StoreError> {
+        access::set_version(&self.pool, scope, version).await
+    }
+}

@@ -1,0 +1,81 @@
+//! The [`Store`] trait: one async interface over the control plane's state, so the SQLite
+//! default and a later PostgreSQL implementation are interchangeable behind `Arc<dyn Store>`.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use wattmesh_proto::api::{DeploymentSpec, Model, NodeSpec, Region, SiteSpec, Tenant};
+
+use crate::StoreError;
+use crate::records::{
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, NewApiKey, NewReplica, NodeRecord,
+    ReplicaRecord, SiteHeartbeat, SiteRecord,
+};
+
+/// Everything the control plane persists. Creating an object that exists is
+/// [`StoreError::Conflict`]; naming a missing one (or a missing parent) is
+/// [`StoreError::NotFound`]. Lists are sorted by name (replicas by deployment, then node).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- regions, sites, nodes ---
+    async fn create_region(&self, name: &str) -> Result<Region, StoreError>;
+    async fn list_regions(&self) -> Result<Vec<Region>, StoreError>;
+    /// Fails with `Conflict` while sites are in the region.
+    async fn delete_region(&self, name: &str) -> Result<(), StoreError>;
+    async fn create_site(&self, site: &SiteSpec) -> Result<SiteRecord, StoreError>;
+    async fn list_sites(&self) -> Result<Vec<SiteRecord>, StoreError>;
+    async fn get_site(&self, name: &str) -> Result<SiteRecord, StoreError>;
+    async fn create_node(&self, node: &NodeSpec) -> Result<NodeRecord, StoreError>;
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    // --- models, deployments, replicas ---
+    async fn create_model(&self, model: &Model) -> Result<Model, StoreError>;
+    async fn list_models(&self) -> Result<Vec<Model>, StoreError>;
+    async fn create_deployment(
+        &self,
+        spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError>;
+    async fn list_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
+    async fn get_deployment(&self, name: &str) -> Result<DeploymentRecord, StoreError>;
+    async fn scale_deployment(
+        &self,
+        name: &str,
+        replicas: u32,
+    ) -> Result<DeploymentRecord, StoreError>;
+    /// Deletes the deployment and its replicas.
+    async fn delete_deployment(&self, name: &str) -> Result<(), StoreError>;
+    async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError>;
+    /// Applies one reconcile step atomically: inserts `add` (state pending), deletes `remove`
+    /// by id. A racing duplicate (same deployment and node) fails the whole step.
+    async fn apply_placements(
+        &self,
+        add: &[NewReplica],
+        remove: &[String],
+    ) -> Result<(), StoreError>;
+
+    // --- tenants and API keys ---
+    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKeyRecord, StoreError>;
+    /// Every key, revoked ones included, oldest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    async fn revoke_api_key(&self, id: &str) -> Result<(), StoreError>;
+
+    // --- agents ---
+    /// Creates the region, site and nodes if missing and replaces the site's agent token.
+    /// Counts as a heartbeat.
+    async fn register_agent(&self, registration: &AgentRegistration) -> Result<(), StoreError>;
+    /// The site whose agent holds the token with this hash.
+    async fn agent_site(&self, token_sha256: &str) -> Result<Option<String>, StoreError>;
+    /// Records a heartbeat: the time, the nodes (added or resized; a node named by another
+    /// site is skipped), the reports of replicas this site owns (others are ignored).
+    /// Returns whether any node or replica changed.
+    async fn record_heartbeat(&self, heartbeat: SiteHeartbeat<'_>) -> Result<bool, StoreError>;
+
+    // --- the control plane's own secrets and watch versions ---
+    async fn secret(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Stores the hash of a named secret once; `Conflict` if it exists.
+    async fn insert_secret(&self, name: &str, sha256: &str) -> Result<(), StoreError>;
+    async fn versions(&self) -> Result<BTreeMap<String, u64>, StoreError>;
+    async fn set_version(&self, scope: &str, version: u64) -> Result<(), StoreError>;
+}
