@@ -89,13 +89,19 @@ impl Catalog {
     }
 
     pub fn parse(text: &str) -> Result<Catalog, CatalogError> {
-        let raw: RawCatalog = toml::from_str(text).map_err(|e| CatalogError::Syntax(e.to_string()))?;
+        let raw: RawCatalog =
+            toml::from_str(text).map_err(|e| CatalogError::Syntax(e.to_string()))?;
         let mut names = HashSet::new();
         let mut models = Vec::new();
         for m in raw.model {
-            let invalid = |problem: String| CatalogError::Invalid { model: m.name.clone(), problem };
+            let invalid = |problem: String| CatalogError::Invalid {
+                model: m.name.clone(),
+                problem,
+            };
             if !safe_name(&m.name) {
-                return Err(invalid("the name must be letters, digits, '.', '-' or '_'".into()));
+                return Err(invalid(
+                    "the name must be letters, digits, '.', '-' or '_'".into(),
+                ));
             }
             if !names.insert(m.name.clone()) {
                 return Err(CatalogError::Duplicate(m.name));
@@ -108,13 +114,22 @@ impl Catalog {
             let mut files = Vec::new();
             for f in &m.file {
                 if !safe_name(&f.name) {
-                    return Err(invalid(format!("file name {:?} is not a plain file name", f.name)));
+                    return Err(invalid(format!(
+                        "file name {:?} is not a plain file name",
+                        f.name
+                    )));
                 }
                 if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(invalid(format!("sha256 of {:?} is not 64 hex digits", f.name)));
+                    return Err(invalid(format!(
+                        "sha256 of {:?} is not 64 hex digits",
+                        f.name
+                    )));
                 }
                 if f.path.is_empty() || f.path.split('/').any(|p| p == "..") {
-                    return Err(invalid(format!("path {:?} is empty or leaves the source", f.path)));
+                    return Err(invalid(format!(
+                        "path {:?} is empty or leaves the source",
+                        f.path
+                    )));
                 }
                 files.push(CatalogFile {
                     path: f.path.clone(),
@@ -147,7 +162,8 @@ fn safe_name(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn parse_source(s: &str) -> Result<Source, String> {
@@ -158,7 +174,10 @@ fn parse_source(s: &str) -> Result<Source, String> {
         if package.is_empty() || version.is_empty() {
             return Err(format!("source {s:?} must be pypi:PACKAGE==VERSION"));
         }
-        return Ok(Source::PyPi { package: package.to_owned(), version: version.to_owned() });
+        return Ok(Source::PyPi {
+            package: package.to_owned(),
+            version: version.to_owned(),
+        });
     }
     if let Some(dir) = s.strip_prefix("file:") {
         if dir.is_empty() {
@@ -166,7 +185,9 @@ fn parse_source(s: &str) -> Result<Source, String> {
         }
         return Ok(Source::File { dir: dir.into() });
     }
-    Err(format!("source {s:?} has an unknown scheme (expected pypi: or file:)"))
+    Err(format!(
+        "source {s:?} has an unknown scheme (expected pypi: or file:)"
+    ))
 }
 
 #[cfg(test)]
@@ -188,7 +209,10 @@ mod tests {
     #[test]
     fn builtin_catalog_parses_with_both_default_models() {
         let c = Catalog::parse(BUILTIN).unwrap();
-        assert_eq!(c.get("smollm2-135m-instruct").unwrap().kind, ModelKind::Chat);
+        assert_eq!(
+            c.get("smollm2-135m-instruct").unwrap().kind,
+            ModelKind::Chat
+        );
         assert_eq!(c.get("all-minilm-l6-v2").unwrap().files.len(), 3);
     }
 
@@ -198,12 +222,30 @@ mod tests {
             (one("colour = \"red\"", &file(SHA)), "unknown field"),
             (one("", &file("abc")), "64 hex"),
             (one("", ""), "no files"),
-            (one("", &file(SHA)).replace("pypi:p==1", "hf:org/model"), "unknown scheme"),
-            (one("", &file(SHA)).replace("pypi:p==1", "pypi:p"), "pin a version"),
-            (one("", &file(SHA)).replace("chat", "vision"), "unknown model kind"),
-            (one("", &file(SHA)).replace("name = \"b.gguf\"", "name = \"../x\""), "plain file name"),
-            (one("", &file(SHA)).replace("a/b.gguf", "../b.gguf"), "leaves the source"),
-            (format!("{}{}", one("", &file(SHA)), one("", &file(SHA))), "twice"),
+            (
+                one("", &file(SHA)).replace("pypi:p==1", "hf:org/model"),
+                "unknown scheme",
+            ),
+            (
+                one("", &file(SHA)).replace("pypi:p==1", "pypi:p"),
+                "pin a version",
+            ),
+            (
+                one("", &file(SHA)).replace("chat", "vision"),
+                "unknown model kind",
+            ),
+            (
+                one("", &file(SHA)).replace("name = \"b.gguf\"", "name = \"../x\""),
+                "plain file name",
+            ),
+            (
+                one("", &file(SHA)).replace("a/b.gguf", "../b.gguf"),
+                "leaves the source",
+            ),
+            (
+                format!("{}{}", one("", &file(SHA)), one("", &file(SHA))),
+                "twice",
+            ),
             ("[[model]]\nname = 5".to_owned(), "TOML"),
         ];
         for (text, want) in cases {

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use wattmesh_proto::agent::{DesiredState, Heartbeat, HeartbeatAck, RegisterRequest, RegisterResponse};
+use wattmesh_proto::agent::{
+    DesiredState, Heartbeat, HeartbeatAck, RegisterRequest, RegisterResponse,
+};
 
 /// How an agent call can fail, as far as the agent's behaviour differs.
 #[derive(Debug, thiserror::Error)]
@@ -28,20 +30,40 @@ impl ControlClient {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .unwrap_or_default();
-        Self { http, base: control_url.trim_end_matches('/').to_owned() }
+        Self {
+            http,
+            base: control_url.trim_end_matches('/').to_owned(),
+        }
     }
 
-    pub async fn register(&self, bootstrap: &str, req: &RegisterRequest) -> Result<RegisterResponse, CallError> {
-        let r = self.http.post(self.url("/register")).bearer_auth(bootstrap).json(req);
+    pub async fn register(
+        &self,
+        bootstrap: &str,
+        req: &RegisterRequest,
+    ) -> Result<RegisterResponse, CallError> {
+        let r = self
+            .http
+            .post(self.url("/register"))
+            .bearer_auth(bootstrap)
+            .json(req);
         self.call(r, Duration::from_secs(10)).await
     }
 
     pub async fn heartbeat(&self, token: &str, hb: &Heartbeat) -> Result<HeartbeatAck, CallError> {
-        let r = self.http.post(self.url("/heartbeat")).bearer_auth(token).json(hb);
+        let r = self
+            .http
+            .post(self.url("/heartbeat"))
+            .bearer_auth(token)
+            .json(hb);
         self.call(r, Duration::from_secs(10)).await
     }
 
-    pub async fn desired(&self, token: &str, after: u64, wait_s: u64) -> Result<DesiredState, CallError> {
+    pub async fn desired(
+        &self,
+        token: &str,
+        after: u64,
+        wait_s: u64,
+    ) -> Result<DesiredState, CallError> {
         let r = self
             .http
             .get(self.url(&format!("/desired?after={after}&wait_s={wait_s}")))
@@ -58,7 +80,11 @@ impl ControlClient {
         req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let resp = req.timeout(timeout).send().await.map_err(|e| CallError::Failed(e.to_string()))?;
+        let resp = req
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| CallError::Failed(e.to_string()))?;
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(CallError::Unauthorized);
         }
@@ -67,6 +93,8 @@ impl ControlClient {
             let body = resp.text().await.unwrap_or_default();
             return Err(CallError::Failed(format!("{status}: {body}")));
         }
-        resp.json().await.map_err(|e| CallError::Failed(e.to_string()))
+        resp.json()
+            .await
+            .map_err(|e| CallError::Failed(e.to_string()))
     }
 }

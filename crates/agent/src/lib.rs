@@ -52,7 +52,10 @@ pub enum AgentError {
     #[error("the control plane refused the bootstrap token for site {0}")]
     BootstrapRefused(String),
     #[error("cannot use the state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 const DESIRED_FILE: &str = "desired.json";
@@ -61,11 +64,16 @@ const WATCH_WAIT_S: u64 = 25;
 /// Runs one site's agent until `shutdown`: registers, heartbeats, watches its desired state
 /// and converges its replicas.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|source| AgentError::StateDir { path: config.state_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
     let config = Arc::new(config);
     // Static stability: start from what we were last told, before the control plane answers.
-    let last = load_desired(&config).unwrap_or(DesiredState { version: 0, replicas: Vec::new() });
+    let last = load_desired(&config).unwrap_or(DesiredState {
+        version: 0,
+        replicas: Vec::new(),
+    });
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(last);
     let converged = Arc::new(AtomicU64::new(0));
     let reports = Reports::default();
@@ -77,7 +85,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         reports.clone(),
         shutdown.child_token(),
     ));
-    let session = session(config.clone(), desired_tx, converged, reports, shutdown.clone()).await;
+    let session = session(
+        config.clone(),
+        desired_tx,
+        converged,
+        reports,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = converger.await;
     session
@@ -94,7 +109,9 @@ async fn session(
 ) -> Result<(), AgentError> {
     let client = ControlClient::new(&config.control_url);
     loop {
-        let Some(token) = register(&client, &config, &shutdown).await? else { return Ok(()) };
+        let Some(token) = register(&client, &config, &shutdown).await? else {
+            return Ok(());
+        };
         tracing::info!(site = %config.site, "registered with the control plane");
         let lost = shutdown.child_token();
         let heartbeats = heartbeat_loop(&client, &config, &token, &converged, &reports, &lost);
@@ -123,7 +140,9 @@ async fn register(
     loop {
         match client.register(&config.bootstrap_token, &req).await {
             Ok(r) => return Ok(Some(r.agent_token)),
-            Err(CallError::Unauthorized) => return Err(AgentError::BootstrapRefused(config.site.clone())),
+            Err(CallError::Unauthorized) => {
+                return Err(AgentError::BootstrapRefused(config.site.clone()));
+            }
             Err(CallError::Failed(e)) => {
                 tracing::warn!(site = %config.site, "cannot register yet: {e}");
             }
@@ -137,7 +156,10 @@ async fn register(
 }
 
 fn node(config: &AgentConfig) -> NodeReport {
-    NodeReport { name: config.node_name.clone(), memory_bytes: config.node_memory_bytes }
+    NodeReport {
+        name: config.node_name.clone(),
+        memory_bytes: config.node_memory_bytes,
+    }
 }
 
 async fn heartbeat_loop(
@@ -157,7 +179,9 @@ async fn heartbeat_loop(
         match client.heartbeat(token, &hb).await {
             Ok(_) => {}
             Err(CallError::Unauthorized) => return lost.cancel(),
-            Err(CallError::Failed(e)) => tracing::debug!(site = %config.site, "heartbeat failed: {e}"),
+            Err(CallError::Failed(e)) => {
+                tracing::debug!(site = %config.site, "heartbeat failed: {e}")
+            }
         }
         tokio::select! {
             _ = lost.cancelled() => return,

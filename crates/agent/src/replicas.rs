@@ -25,8 +25,19 @@ const RESTART_PAUSE: Duration = Duration::from_secs(5);
 pub struct Reports(Arc<Mutex<BTreeMap<String, ReplicaReport>>>);
 
 impl Reports {
-    fn set(&self, id: &str, state: ReplicaState, endpoint: Option<String>, message: Option<String>) {
-        let report = ReplicaReport { id: id.to_owned(), state, endpoint, message };
+    fn set(
+        &self,
+        id: &str,
+        state: ReplicaState,
+        endpoint: Option<String>,
+        message: Option<String>,
+    ) {
+        let report = ReplicaReport {
+            id: id.to_owned(),
+            state,
+            endpoint,
+            message,
+        };
         self.lock().insert(id.to_owned(), report);
     }
 
@@ -39,7 +50,9 @@ impl Reports {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ReplicaReport>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -86,7 +99,14 @@ pub async fn converge(
                     reports.clone(),
                     cancel.clone(),
                 ));
-                running.insert((*id).to_owned(), Running { cancel, task, started: Instant::now() });
+                running.insert(
+                    (*id).to_owned(),
+                    Running {
+                        cancel,
+                        task,
+                        started: Instant::now(),
+                    },
+                );
             }
         }
         converged.store(state.version, std::sync::atomic::Ordering::Relaxed);
@@ -105,7 +125,12 @@ pub async fn converge(
 }
 
 /// One replica's life: fetch the model if needed, load it, serve until cancelled.
-async fn replica_task(a: ReplicaAssignment, config: Arc<AgentConfig>, reports: Reports, cancel: CancellationToken) {
+async fn replica_task(
+    a: ReplicaAssignment,
+    config: Arc<AgentConfig>,
+    reports: Reports,
+    cancel: CancellationToken,
+) {
     let id = a.id.as_str();
     reports.set(id, ReplicaState::Starting, None, None);
     let failed = |message: String| {
@@ -113,7 +138,10 @@ async fn replica_task(a: ReplicaAssignment, config: Arc<AgentConfig>, reports: R
         reports.set(id, ReplicaState::Failed, None, Some(message));
     };
     let Some(model) = config.catalog.get(&a.artifact).cloned() else {
-        return failed(format!("artifact {:?} is not in this agent's catalog", a.artifact));
+        return failed(format!(
+            "artifact {:?} is not in this agent's catalog",
+            a.artifact
+        ));
     };
     let models_dir = config.models_dir.clone();
     let dir = match tokio::task::spawn_blocking(move || pull(&model, &models_dir, &Quiet)).await {

@@ -69,6 +69,7 @@ pub async fn open(config: ControlConfig) -> Result<Control, ControlError> {
     )
     .await?;
 
+    store.forget_replica_reports().await?;
     let liveness = Liveness::new(config.heartbeat_timeout);
     // Grace after a restart: sites that were alive get one timeout to call in again.
     for site in store.list_sites().await? {

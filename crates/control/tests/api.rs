@@ -13,7 +13,14 @@ use serde_json::{Value, json};
 use wattmesh_control::{ADMIN_TOKEN_FILE, BOOTSTRAP_TOKEN_FILE, ControlConfig};
 
 /// (what, method, uri, body, expected status, expected code)
-type Case<'a> = (&'a str, Method, &'a str, Option<&'a str>, StatusCode, &'a str);
+type Case<'a> = (
+    &'a str,
+    Method,
+    &'a str,
+    Option<&'a str>,
+    StatusCode,
+    &'a str,
+);
 
 fn code(body: &Value) -> &str {
     body["error"]["code"]

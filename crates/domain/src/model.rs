@@ -27,7 +27,9 @@ impl std::str::FromStr for ModelKind {
         match s {
             "chat" => Ok(ModelKind::Chat),
             "embedding" => Ok(ModelKind::Embedding),
-            other => Err(format!("unknown model kind {other:?} (expected chat or embedding)")),
+            other => Err(format!(
+                "unknown model kind {other:?} (expected chat or embedding)"
+            )),
         }
     }
 }

@@ -43,8 +43,12 @@ pub struct Schedule {
 
 /// Places `want` on `fleet`, keeping the valid part of `current`.
 pub fn place(fleet: &FleetView, want: &[DeploymentDemand], current: &[Placement]) -> Schedule {
-    let mut free: HashMap<&str, u64> =
-        fleet.nodes.iter().filter(|n| n.ready).map(|n| (n.name.as_str(), n.memory_bytes)).collect();
+    let mut free: HashMap<&str, u64> = fleet
+        .nodes
+        .iter()
+        .filter(|n| n.ready)
+        .map(|n| (n.name.as_str(), n.memory_bytes))
+        .collect();
 
     let mut deployments: Vec<&DeploymentDemand> = want.iter().collect();
     deployments.sort_by(|a, b| a.name.cmp(&b.name));
@@ -60,7 +64,9 @@ pub fn place(fleet: &FleetView, want: &[DeploymentDemand], current: &[Placement]
             if nodes.len() as u32 >= d.replicas || nodes.contains(&p.node.as_str()) {
                 continue;
             }
-            let Some(room) = free.get_mut(p.node.as_str()) else { continue };
+            let Some(room) = free.get_mut(p.node.as_str()) else {
+                continue;
+            };
             if *room < d.memory_bytes {
                 continue;
             }
@@ -84,7 +90,10 @@ pub fn place(fleet: &FleetView, want: &[DeploymentDemand], current: &[Placement]
                 .nodes
                 .iter()
                 .filter(|n| n.ready && !used.contains(n.name.as_str()))
-                .filter(|n| free.get(n.name.as_str()).is_some_and(|&m| m >= d.memory_bytes))
+                .filter(|n| {
+                    free.get(n.name.as_str())
+                        .is_some_and(|&m| m >= d.memory_bytes)
+                })
                 .min_by(|a, b| {
                     let ka = region_use.get(a.region.as_str()).copied().unwrap_or(0);
                     let kb = region_use.get(b.region.as_str()).copied().unwrap_or(0);
@@ -96,7 +105,9 @@ pub fn place(fleet: &FleetView, want: &[DeploymentDemand], current: &[Placement]
                         .then(a.name.cmp(&b.name))
                 });
             let Some(node) = best else {
-                schedule.unschedulable.insert(d.name.clone(), d.replicas - on.len() as u32);
+                schedule
+                    .unschedulable
+                    .insert(d.name.clone(), d.replicas - on.len() as u32);
                 break;
             };
             if let Some(room) = free.get_mut(node.name.as_str()) {
@@ -104,9 +115,12 @@ pub fn place(fleet: &FleetView, want: &[DeploymentDemand], current: &[Placement]
             }
             on.push(node.name.as_str());
         }
-        schedule.placements.extend(
-            on.into_iter().map(|n| Placement { deployment: d.name.clone(), node: n.to_owned() }),
-        );
+        schedule
+            .placements
+            .extend(on.into_iter().map(|n| Placement {
+                deployment: d.name.clone(),
+                node: n.to_owned(),
+            }));
     }
     schedule.placements.sort();
     schedule
@@ -133,11 +147,19 @@ mod tests {
     }
 
     fn demand(name: &str, replicas: u32, mem_gib: u64) -> DeploymentDemand {
-        DeploymentDemand { name: name.into(), replicas, memory_bytes: mem_gib * GIB }
+        DeploymentDemand {
+            name: name.into(),
+            replicas,
+            memory_bytes: mem_gib * GIB,
+        }
     }
 
     fn nodes_of(s: &Schedule, deployment: &str) -> Vec<String> {
-        s.placements.iter().filter(|p| p.deployment == deployment).map(|p| p.node.clone()).collect()
+        s.placements
+            .iter()
+            .filter(|p| p.deployment == deployment)
+            .map(|p| p.node.clone())
+            .collect()
     }
 
     #[test]
@@ -159,14 +181,28 @@ mod tests {
     #[test]
     fn existing_placements_stay_and_lost_nodes_are_replaced() {
         let mut fleet = FleetView {
-            nodes: vec![node("a", "r1", 8, 50), node("b", "r2", 8, 50), node("c", "r3", 8, 10)],
+            nodes: vec![
+                node("a", "r1", 8, 50),
+                node("b", "r2", 8, 50),
+                node("c", "r3", 8, 10),
+            ],
         };
         let current = vec![
-            Placement { deployment: "chat".into(), node: "a".into() },
-            Placement { deployment: "chat".into(), node: "b".into() },
+            Placement {
+                deployment: "chat".into(),
+                node: "a".into(),
+            },
+            Placement {
+                deployment: "chat".into(),
+                node: "b".into(),
+            },
         ];
         let s = place(&fleet, &[demand("chat", 2, 1)], &current);
-        assert_eq!(nodes_of(&s, "chat"), vec!["a", "b"], "no churn toward the cheaper node");
+        assert_eq!(
+            nodes_of(&s, "chat"),
+            vec!["a", "b"],
+            "no churn toward the cheaper node"
+        );
         fleet.nodes[1].ready = false;
         let s = place(&fleet, &[demand("chat", 2, 1)], &current);
         assert_eq!(nodes_of(&s, "chat"), vec!["a", "c"]);
@@ -174,7 +210,9 @@ mod tests {
 
     #[test]
     fn too_little_room_is_reported_not_overcommitted() {
-        let fleet = FleetView { nodes: vec![node("a", "r1", 3, 1), node("b", "r2", 1, 1)] };
+        let fleet = FleetView {
+            nodes: vec![node("a", "r1", 3, 1), node("b", "r2", 1, 1)],
+        };
         let s = place(&fleet, &[demand("big", 3, 2)], &[]);
         assert_eq!(nodes_of(&s, "big"), vec!["a"]);
         assert_eq!(s.unschedulable.get("big"), Some(&2));
@@ -182,27 +220,38 @@ mod tests {
 
     #[test]
     fn scale_down_keeps_the_first_replicas() {
-        let fleet = FleetView { nodes: vec![node("a", "r1", 8, 1), node("b", "r2", 8, 1)] };
+        let fleet = FleetView {
+            nodes: vec![node("a", "r1", 8, 1), node("b", "r2", 8, 1)],
+        };
         let current = vec![
-            Placement { deployment: "e".into(), node: "a".into() },
-            Placement { deployment: "e".into(), node: "b".into() },
+            Placement {
+                deployment: "e".into(),
+                node: "a".into(),
+            },
+            Placement {
+                deployment: "e".into(),
+                node: "b".into(),
+            },
         ];
         let s = place(&fleet, &[demand("e", 1, 1)], &current);
         assert_eq!(nodes_of(&s, "e"), vec!["a"]);
     }
 
     fn arb_fleet() -> impl Strategy<Value = FleetView> {
-        prop::collection::vec((0u8..4, 0u64..6, 0i64..100, prop::bool::weighted(0.85)), 0..8)
-            .prop_map(|nodes| FleetView {
-                nodes: nodes
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (region, mem, price, ready))| NodeView {
-                        ready,
-                        ..node(&format!("n{i}"), &format!("r{region}"), mem, price)
-                    })
-                    .collect(),
-            })
+        prop::collection::vec(
+            (0u8..4, 0u64..6, 0i64..100, prop::bool::weighted(0.85)),
+            0..8,
+        )
+        .prop_map(|nodes| FleetView {
+            nodes: nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (region, mem, price, ready))| NodeView {
+                    ready,
+                    ..node(&format!("n{i}"), &format!("r{region}"), mem, price)
+                })
+                .collect(),
+        })
     }
 
     fn arb_want() -> impl Strategy<Value = Vec<DeploymentDemand>> {
@@ -217,7 +266,10 @@ mod tests {
     fn arb_current() -> impl Strategy<Value = Vec<Placement>> {
         prop::collection::vec((0usize..4, 0usize..8), 0..10).prop_map(|ps| {
             ps.into_iter()
-                .map(|(d, n)| Placement { deployment: format!("d{d}"), node: format!("n{n}") })
+                .map(|(d, n)| Placement {
+                    deployment: format!("d{d}"),
+                    node: format!("n{n}"),
+                })
                 .collect()
         })
     }

@@ -1,30 +1,35 @@
-//! Every failure the gateway answers itself, mapped to OpenAI's error shape in one place.
-//! Errors from replicas are not here: they pass through unchanged.
+//! Every failure the gateway answers itself, mapped to OpenAI's error shape in one place and
+//! logged once, here. Errors from replicas are not here: they pass through unchanged.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wattmesh_proto::openai::{ErrorKind, ErrorResponse};
 
+/// Seconds a client is told to wait (`Retry-After`) when no replica can take its request.
+const RETRY_AFTER_S: &str = "1";
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("missing or malformed Authorization header")]
     NoKey,
-    #[error("unknown API key")]
-    BadKey,
+    /// Carries a masked preview of the key, never the key.
+    #[error("unknown API key {0}")]
+    BadKey(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
-    #[error("model {0:?} does not exist")]
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
     UnknownModel(String),
     #[error("no route")]
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("no replica of {0:?} is available")]
+    #[error("No replica of model `{0}` is available right now; retry shortly.")]
     NoReplica(String),
-    #[error("the gateway has not loaded its configuration yet")]
+    #[error("The gateway has not loaded its configuration yet; retry shortly.")]
     NotConfigured,
+    /// Internals (addresses, OS errors) for the log only.
     #[error("upstream failed: {0}")]
     Upstream(String),
 }
@@ -32,27 +37,36 @@ pub enum GatewayError {
 impl GatewayError {
     fn kind(&self) -> ErrorKind {
         match self {
-            GatewayError::NoKey | GatewayError::BadKey => ErrorKind::InvalidApiKey,
+            GatewayError::NoKey | GatewayError::BadKey(_) => ErrorKind::InvalidApiKey,
             GatewayError::BadRequest(_) => ErrorKind::InvalidRequest,
             GatewayError::TooLarge(_) => ErrorKind::RequestTooLarge,
             GatewayError::UnknownModel(_) => ErrorKind::ModelNotFound,
             GatewayError::NotFound => ErrorKind::NotFound,
             GatewayError::MethodNotAllowed => ErrorKind::MethodNotAllowed,
-            GatewayError::NoReplica(_) | GatewayError::NotConfigured | GatewayError::Upstream(_) => {
-                ErrorKind::Unavailable
-            }
+            GatewayError::NoReplica(_)
+            | GatewayError::NotConfigured
+            | GatewayError::Upstream(_) => ErrorKind::Unavailable,
         }
     }
 
+    /// What the client reads: never internals.
     fn message(&self) -> String {
         match self {
-            GatewayError::NoKey => "You didn't provide an API key. Pass it as \
-                                    'Authorization: Bearer YOUR_KEY'."
+            GatewayError::NoKey => "You didn't provide an API key. You need to provide your API \
+                                    key in an Authorization header using Bearer auth (i.e. \
+                                    Authorization: Bearer YOUR_KEY)."
                 .to_owned(),
-            GatewayError::BadKey => "Incorrect API key provided.".to_owned(),
+            GatewayError::BadKey(masked) => format!("Incorrect API key provided: {masked}."),
+            GatewayError::TooLarge(limit) => {
+                format!("The request body is larger than the {limit} bytes this server accepts.")
+            }
             GatewayError::NotFound => "Unknown request URL. Check the path and method.".to_owned(),
-            // Internals (addresses, OS errors) stay in the log.
-            GatewayError::Upstream(_) => "No replica could serve the request; retry.".to_owned(),
+            GatewayError::MethodNotAllowed => {
+                "This method is not allowed on this URL. Check the path and method.".to_owned()
+            }
+            GatewayError::Upstream(_) => {
+                "No replica could serve the request right now; retry shortly.".to_owned()
+            }
             other => other.to_string(),
         }
     }
@@ -61,13 +75,18 @@ impl GatewayError {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let kind = self.kind();
-        if matches!(self, GatewayError::Upstream(_)) {
-            tracing::warn!("{self}");
+        let status =
+            StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), "{self}");
+        } else {
+            tracing::debug!(status = status.as_u16(), "{self}");
         }
-        let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, axum::Json(ErrorResponse::new(kind, self.message()))).into_response();
+        let mut resp =
+            (status, axum::Json(ErrorResponse::new(kind, self.message()))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
         }
         resp
     }

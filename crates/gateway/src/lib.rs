@@ -2,101 +2,138 @@
 //! model, and streams the replica's answer back unchanged.
 //!
 //! Layout:
-//! - [`snapshot`]: the keys and routes in force, as watched from the control plane.
+//! - [`server`]: [`run`] and [`router`]: the `/v1/*` routes, their layers and handlers.
+//! - [`auth`]: the API-key layer (SHA-256 lookup, before the body is read).
+//! - [`body`]: reading the body within its limit and finding `model` in it.
+//! - [`config`]: the keys and routes in force ([`Snapshot`]).
 //! - [`watch`]: the task that long-polls the control plane for them.
 //! - [`routing`]: the pure choice of a replica.
-//! - [`replicas`]: per-replica live state (outstanding requests, health) and health checks.
-//! - [`proxy`]: the `/v1/*` handlers: auth, body checks, forwarding with retry-once.
+//! - [`replicas`]: per-replica live state (outstanding requests, ejection).
+//! - [`health`]: the active health checks.
+//! - [`forward`]: sending to a replica with retry-once, relaying the answer as a stream.
+//! - [`metering`]: the seam where served usage will be spooled.
 //! - [`error`]: every failure in OpenAI's error shape, in one place.
 //!
 //! **Architecture invariant:** the gateway holds key hashes, never secrets, and keeps serving
 //! its last config when the control plane is unreachable (static stability).
 
+pub mod auth;
+pub mod body;
+pub mod config;
 pub mod error;
-pub mod proxy;
+pub mod forward;
+pub mod health;
+pub mod metering;
 pub mod replicas;
 pub mod routing;
-pub mod snapshot;
+pub mod server;
 pub mod watch;
 
-use std::sync::Arc;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use wattmesh_proto::gateway::GatewayConfig;
 
-pub use proxy::router;
-pub use snapshot::Snapshot;
+pub use config::Snapshot;
+pub use error::GatewayError;
+pub use server::{router, run};
 
 /// How the gateway reaches its control plane and what it accepts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GatewayOptions {
     pub control_url: String,
+    /// The admin token the control plane's gateway-config endpoint wants.
     pub control_token: String,
     /// Request bodies above this get 413.
     pub max_body_bytes: usize,
     /// How often each replica's `/health` is probed.
     pub health_interval: Duration,
+    /// On shutdown, how long in-flight requests (streams included) may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl GatewayOptions {
+    /// The defaults: 4 MiB bodies, probes every 2 s, 30 s to drain on shutdown.
     pub fn new(control_url: String, control_token: String) -> Self {
         Self {
             control_url,
             control_token,
             max_body_bytes: 4 << 20,
             health_interval: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
 
-/// Everything a request handler needs; cheap to clone.
-#[derive(Clone)]
+// The token stays out of logs.
+impl std::fmt::Debug for GatewayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayOptions")
+            .field("control_url", &self.control_url)
+            .field("control_token", &"<redacted>")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("health_interval", &self.health_interval)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+/// Everything a request handler needs; cheap to clone. The config in force is swapped whole
+/// by [`GatewayState::set_config`]: by the watcher in production, by the test itself in tests.
+#[derive(Debug, Clone)]
 pub struct GatewayState {
-    pub(crate) config: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    config: Arc<RwLock<Arc<Snapshot>>>,
     pub(crate) replicas: replicas::ReplicaTable,
     pub(crate) http: reqwest::Client,
     pub(crate) max_body_bytes: usize,
+    pub(crate) control: Arc<watch::ControlLink>,
 }
 
 impl GatewayState {
-    /// A state whose config is set by the returned sender: the watcher in production,
-    /// the test itself in tests.
-    pub fn new(max_body_bytes: usize) -> (Self, tokio::sync::watch::Sender<Arc<Snapshot>>) {
-        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    /// A state with no config yet (requests get 503 until [`Self::set_config`]).
+    pub fn new(max_body_bytes: usize) -> Self {
+        // Pooled connections; a connect timeout but no overall one, so streams run as long as
+        // the replica produces.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
-        let state =
-            Self { config: rx, replicas: replicas::ReplicaTable::default(), http, max_body_bytes };
-        (state, tx)
+        Self {
+            config: Arc::default(),
+            replicas: replicas::ReplicaTable::default(),
+            http,
+            max_body_bytes,
+            control: Arc::default(),
+        }
     }
-}
 
-/// Runs the gateway on `listener` until `shutdown`: watches the control plane for keys and
-/// routes, probes replicas, and serves `/v1/*`; in-flight requests finish on shutdown.
-pub async fn run(
-    listener: TcpListener,
-    options: GatewayOptions,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let (state, config_tx) = GatewayState::new(options.max_body_bytes);
-    let tracker = tokio_util::task::TaskTracker::new();
-    tracker.spawn(watch::watch_control(
-        state.http.clone(),
-        options.control_url.clone(),
-        options.control_token.clone(),
-        config_tx,
-        shutdown.child_token(),
-    ));
-    tracker.spawn(replicas::health_checks(state.clone(), options.health_interval, shutdown.child_token()));
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
-    served
+    /// Puts `config` in force for the requests that start from now on.
+    pub fn set_config(&self, config: GatewayConfig) {
+        let snapshot = Arc::new(Snapshot::from_config(config));
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+
+    /// The config in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Requests in flight from this gateway to `replica`, streams being relayed included.
+    pub fn outstanding(&self, replica: &str) -> usize {
+        self.replicas.get(replica).outstanding()
+    }
+
+    /// Whether `replica` may be picked now (not ejected).
+    pub fn replica_healthy(&self, replica: &str) -> bool {
+        self.replicas.get(replica).healthy()
+    }
 }

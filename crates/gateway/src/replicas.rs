@@ -1,18 +1,16 @@
 //! Live per-replica state the gateway learns itself, faster than the control plane can tell
 //! it: requests in flight (for least-outstanding routing) and health (passive, from failed
-//! connects, and active, from probing `/health`).
+//! connects and 503s, and active, from the probes in [`crate::health`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::GatewayState;
-
-/// How long a replica that refused a connection is avoided, unless a probe clears it first.
+/// How long a replica that refused a connection (or answered 503) is avoided, unless a health
+/// probe passes first.
 pub const EJECTION: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
@@ -41,14 +39,16 @@ impl ReplicaStats {
         *lock(&self.unhealthy_until) = None;
     }
 
-    /// Counts a request in flight until the returned guard is dropped — which, for a stream,
-    /// is when the relayed body ends or the client goes away.
+    /// Counts a request in flight until the returned guard is dropped — which, for a relayed
+    /// body, is when the body ends or the client goes away.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 }
 
+/// One request in flight to a replica; dropping it ends the count.
+#[derive(Debug)]
 pub struct InFlight(Arc<ReplicaStats>);
 
 impl Drop for InFlight {
@@ -57,12 +57,13 @@ impl Drop for InFlight {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data is plain numbers: a panic elsewhere cannot leave it inconsistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Stats by replica id, created on first sight.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplicaTable(Arc<Mutex<HashMap<String, Arc<ReplicaStats>>>>);
 
 impl ReplicaTable {
@@ -70,45 +71,40 @@ impl ReplicaTable {
         lock(&self.0).entry(id.to_owned()).or_default().clone()
     }
 
-    /// Forgets replicas that left the config, so the table does not grow forever.
-    fn retain(&self, ids: &[String]) {
-        lock(&self.0).retain(|id, _| ids.contains(id));
+    /// Forgets replicas that left the config, so the table does not grow forever. Requests
+    /// still in flight keep their own handle.
+    pub fn retain(&self, ids: &[&str]) {
+        lock(&self.0).retain(|id, _| ids.contains(&id.as_str()));
     }
 }
 
-/// Probes every routed replica's `/health` each `interval`; a failure ejects it until a later
-/// probe succeeds.
-pub async fn health_checks(state: GatewayState, interval: Duration, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        let targets: Vec<(String, String)> = state
-            .config
-            .borrow()
-            .models
-            .values()
-            .flat_map(|m| m.replicas.iter().map(|r| (r.id.clone(), r.endpoint.clone())))
-            .collect();
-        state.replicas.retain(&targets.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>());
-        let probes = targets.into_iter().map(|(id, endpoint)| {
-            let http = state.http.clone();
-            let stats = state.replicas.get(&id);
-            async move {
-                let ok = http
-                    .get(format!("{}/health", endpoint.trim_end_matches('/')))
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    stats.restore();
-                } else {
-                    stats.eject(interval * 2);
-                }
-            }
-        });
-        futures::future::join_all(probes).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_counts_until_dropped() {
+        let table = ReplicaTable::default();
+        let stats = table.get("r1");
+        let a = stats.start();
+        let b = table.get("r1").start();
+        assert_eq!(stats.outstanding(), 2);
+        drop(a);
+        assert_eq!(stats.outstanding(), 1);
+        drop(b);
+        assert_eq!(stats.outstanding(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_expires_or_is_lifted_by_a_probe() {
+        let stats = ReplicaStats::default();
+        assert!(stats.healthy());
+        stats.eject(EJECTION);
+        assert!(!stats.healthy());
+        tokio::time::advance(EJECTION).await;
+        assert!(stats.healthy());
+        stats.eject(EJECTION);
+        stats.restore();
+        assert!(stats.healthy());
     }
 }

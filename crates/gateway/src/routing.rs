@@ -1,25 +1,26 @@
 //! Which replica takes a request: a pure function over a snapshot of candidates, so the policy
-//! is tested without sockets. Healthy replicas first, then the fewest outstanding requests,
-//! then the id, so equal replicas are chosen deterministically.
+//! is tested without sockets or clocks. Unhealthy replicas are skipped; among the rest the one
+//! with the fewest outstanding requests wins, and ties go to the smallest id, so equal
+//! replicas are chosen deterministically.
 
 /// One replica as the router sees it at the moment of choosing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate<'a> {
     pub id: &'a str,
+    /// Requests in flight to it from this gateway, streams being relayed included.
     pub outstanding: usize,
+    /// False while ejected (failed connect, 503, failed health probe).
     pub healthy: bool,
 }
 
-/// The index of the replica to try, skipping `tried`. Unhealthy replicas are chosen only when
-/// no healthy one is left: health data can be stale, and trying beats refusing.
+/// The index of the replica to try, skipping unhealthy ones and those already `tried` for
+/// this request; `None` when no replica can take it.
 pub fn pick(candidates: &[Candidate<'_>], tried: &[&str]) -> Option<usize> {
     candidates
         .iter()
         .enumerate()
-        .filter(|(_, c)| !tried.contains(&c.id))
-        .min_by(|(_, a), (_, b)| {
-            b.healthy.cmp(&a.healthy).then(a.outstanding.cmp(&b.outstanding)).then(a.id.cmp(b.id))
-        })
+        .filter(|(_, c)| c.healthy && !tried.contains(&c.id))
+        .min_by(|(_, a), (_, b)| a.outstanding.cmp(&b.outstanding).then(a.id.cmp(b.id)))
         .map(|(i, _)| i)
 }
 
@@ -28,22 +29,44 @@ mod tests {
     use super::*;
 
     fn c(id: &str, outstanding: usize, healthy: bool) -> Candidate<'_> {
-        Candidate { id, outstanding, healthy }
+        Candidate {
+            id,
+            outstanding,
+            healthy,
+        }
+    }
+
+    /// (name, candidates, already tried, expected id)
+    type Case<'a> = (&'a str, Vec<Candidate<'a>>, Vec<&'a str>, Option<&'a str>);
+
+    #[test]
+    fn picks_fewest_outstanding_among_healthy_then_smallest_id() {
+        #[rustfmt::skip]
+        let cases: Vec<Case<'_>> = vec![
+            ("no replicas", vec![], vec![], None),
+            ("fewest outstanding", vec![c("a", 3, true), c("b", 1, true)], vec![], Some("b")),
+            ("zero beats one", vec![c("a", 1, true), c("b", 0, true), c("c", 2, true)], vec![], Some("b")),
+            ("tie goes to smallest id", vec![c("b", 1, true), c("a", 1, true)], vec![], Some("a")),
+            ("tie order independent", vec![c("a", 1, true), c("b", 1, true)], vec![], Some("a")),
+            ("unhealthy skipped even if idle", vec![c("a", 0, false), c("b", 9, true)], vec![], Some("b")),
+            ("all unhealthy", vec![c("a", 0, false), c("b", 0, false)], vec![], None),
+            ("tried skipped", vec![c("a", 0, true), c("b", 5, true)], vec!["a"], Some("b")),
+            ("tried and unhealthy leave none", vec![c("a", 0, false), c("b", 9, true)], vec!["b"], None),
+            ("only one, tried", vec![c("a", 0, true)], vec!["a"], None),
+        ];
+        for (name, cands, tried, want) in &cases {
+            let got = pick(cands, tried).map(|i| cands[i].id);
+            assert_eq!(got, *want, "{name}: {cands:?} tried {tried:?}");
+        }
     }
 
     #[test]
-    fn picks_by_health_then_load_then_id() {
-        let cases: &[(&[Candidate<'_>], &[&str], Option<&str>)] = &[
-            (&[], &[], None),
-            (&[c("a", 3, true), c("b", 1, true)], &[], Some("b")),
-            (&[c("b", 1, true), c("a", 1, true)], &[], Some("a")),
-            (&[c("a", 0, false), c("b", 9, true)], &[], Some("b")),
-            (&[c("a", 0, false), c("b", 9, true)], &["b"], Some("a")),
-            (&[c("a", 0, true)], &["a"], None),
-        ];
-        for (cands, tried, want) in cases {
-            let got = pick(cands, tried).map(|i| cands[i].id);
-            assert_eq!(got, *want, "{cands:?} tried {tried:?}");
+    fn same_input_same_choice() {
+        let cands = [c("r2", 1, true), c("r1", 1, true), c("r3", 0, false)];
+        let first = pick(&cands, &[]);
+        for _ in 0..10 {
+            assert_eq!(pick(&cands, &[]), first);
         }
+        assert_eq!(first.map(|i| cands[i].id), Some("r1"));
     }
 }

@@ -1,59 +1,109 @@
 //! Watches the control plane's gateway config by long-polling
-//! `GET /api/v1/gateway/config?after=V&wait_s=25`. On any failure it keeps the last config and
-//! retries with backoff, so customers are served while the control plane is away.
+//! `GET /api/v1/gateway/config?after=V&wait_s=25` and publishes each new version to the request
+//! handlers. On any failure it keeps the last config and retries with capped backoff, so
+//! customers are served while the control plane is away (static stability).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use wattmesh_proto::gateway::GatewayConfig;
 
-use crate::snapshot::Snapshot;
+use crate::GatewayState;
 
+/// How long the control plane may hold one poll.
 const WAIT_S: u64 = 25;
+/// Beyond the long poll itself, how long an answer may take before the poll counts as failed.
+const POLL_SLACK: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// What the gateway knows of its link to the control plane, for `/healthz` and the log.
+#[derive(Debug, Default)]
+pub struct ControlLink {
+    reachable: AtomicBool,
+    failures: AtomicU64,
+}
+
+impl ControlLink {
+    /// Whether the last poll succeeded.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Failed polls since the last successful one.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn ok(&self) {
+        self.reachable.store(true, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self) -> u64 {
+        self.reachable.store(false, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Long-polls `control_url` until `shutdown`, publishing configs into `state`.
 pub async fn watch_control(
-    http: reqwest::Client,
+    state: GatewayState,
     control_url: String,
     token: String,
-    config: tokio::sync::watch::Sender<Arc<Snapshot>>,
     shutdown: CancellationToken,
 ) {
     let base = control_url.trim_end_matches('/').to_owned();
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = BACKOFF_MIN;
     loop {
-        let version = config.borrow().version;
-        let url = format!("{base}/api/v1/gateway/config?after={version}&wait_s={WAIT_S}");
+        let current = state.snapshot();
+        // The first poll asks for whatever is current; later ones wait for a change.
+        let url = if current.loaded {
+            format!(
+                "{base}/api/v1/gateway/config?after={}&wait_s={WAIT_S}",
+                current.version
+            )
+        } else {
+            format!("{base}/api/v1/gateway/config")
+        };
         let fetch = async {
-            let resp = http
+            state
+                .http
                 .get(&url)
                 .bearer_auth(&token)
-                .timeout(Duration::from_secs(WAIT_S + 10))
+                .timeout(Duration::from_secs(WAIT_S) + POLL_SLACK)
                 .send()
                 .await?
-                .error_for_status()?;
-            resp.json::<GatewayConfig>().await
+                .error_for_status()?
+                .json::<GatewayConfig>()
+                .await
         };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = fetch => r,
         };
         match result {
-            Ok(cfg) => {
-                backoff = Duration::from_millis(250);
-                let first = !config.borrow().loaded;
-                if first || cfg.version != version {
-                    tracing::debug!(version = cfg.version, "gateway config updated");
-                    config.send_replace(Arc::new(Snapshot::from_config(cfg)));
+            Ok(config) => {
+                backoff = BACKOFF_MIN;
+                if !state.control.reachable() {
+                    tracing::info!(version = config.version, "control plane reached");
+                }
+                state.control.ok();
+                if !current.loaded || config.version != current.version {
+                    tracing::debug!(version = config.version, "gateway config updated");
+                    state.set_config(config);
                 }
             }
             Err(e) => {
-                tracing::warn!("control plane unreachable, serving the last config: {e}");
+                if state.control.failed() == 1 {
+                    tracing::warn!("control plane unreachable, serving the last config: {e}");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }

@@ -56,7 +56,11 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: Role, text: impl Into<String>) -> Self {
-        Self { role, content: Some(MessageContent::Text(text.into())), name: None }
+        Self {
+            role,
+            content: Some(MessageContent::Text(text.into())),
+            name: None,
+        }
     }
 
     /// The text of the message: a plain string, or its text parts joined.
@@ -216,7 +220,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
-        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
     }
 }
 
@@ -483,14 +491,17 @@ mod tests {
             r#"{"model":"m","messages":[],"max_tokens":-1}"#,
             r#"{"model":"m","messages":[],"temperature":"hot"}"#,
         ] {
-            assert!(serde_json::from_str::<ChatCompletionRequest>(body).is_err(), "{body}");
+            assert!(
+                serde_json::from_str::<ChatCompletionRequest>(body).is_err(),
+                "{body}"
+            );
         }
     }
 
     #[test]
     fn error_envelope_has_openai_shape() {
-        let body = serde_json::to_value(ErrorResponse::new(ErrorKind::InvalidApiKey, "bad key"))
-            .unwrap();
+        let body =
+            serde_json::to_value(ErrorResponse::new(ErrorKind::InvalidApiKey, "bad key")).unwrap();
         assert_eq!(
             body,
             serde_json::json!({"error":{"message":"bad key","type":"invalid_request_error",

@@ -45,6 +45,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the deployment and its replicas.
     async fn delete_deployment(&self, name: &str) -> Result<(), StoreError>;
     async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError>;
+    /// Forgets what agents reported about replicas (state back to pending, no endpoint). Called
+    /// when the control plane starts: reports from before are stale until agents report again,
+    /// and routing to a remembered endpoint would send customers to a port nobody holds.
+    async fn forget_replica_reports(&self) -> Result<(), StoreError>;
     /// Applies one reconcile step atomically: inserts `add` (state pending), deletes `remove`
     /// by id. A racing duplicate (same deployment and node) fails the whole step.
     async fn apply_placements(

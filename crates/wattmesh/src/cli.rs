@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "wattmesh", version, about = "One AI inference network over power-constrained mining sites")]
+#[command(
+    name = "wattmesh",
+    version,
+    about = "One AI inference network over power-constrained mining sites"
+)]
 pub struct Cli {
     /// Log filter, e.g. `info` or `wattmesh_gateway=debug` (also RUST_LOG).
     #[arg(long, global = true, env = "WATTMESH_LOG", default_value = "info")]
@@ -46,7 +50,11 @@ pub struct ControlTarget {
     #[arg(long, env = "WATTMESH_DATA_DIR", default_value = "./wattmesh-data")]
     pub data_dir: PathBuf,
     /// Control plane URL.
-    #[arg(long, env = "WATTMESH_CONTROL_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "WATTMESH_CONTROL_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub control_url: String,
     /// Admin token; read from DATA_DIR/admin-token when absent.
     #[arg(long, env = "WATTMESH_ADMIN_TOKEN", hide_env_values = true)]
@@ -89,7 +97,11 @@ pub struct GatewayArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    #[arg(long, env = "WATTMESH_CONTROL_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "WATTMESH_CONTROL_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub control_url: String,
     /// Site name, unique in the fleet.
     #[arg(long)]
@@ -189,12 +201,16 @@ pub enum DeploymentsCommand {
 
 impl UpArgs {
     pub fn models_dir(&self) -> PathBuf {
-        self.models_dir.clone().unwrap_or_else(|| self.data_dir.join("models"))
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models"))
     }
 }
 
 impl AgentArgs {
     pub fn models_dir(&self) -> PathBuf {
-        self.models_dir.clone().unwrap_or_else(|| self.data_dir.join("models"))
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models"))
     }
 }

@@ -29,7 +29,11 @@ impl ControlClient {
             .connect_timeout(std::time::Duration::from_secs(3))
             .build()
             .context("building the HTTP client")?;
-        Ok(Self { http, base: control_url.trim_end_matches('/').to_owned(), token })
+        Ok(Self {
+            http,
+            base: control_url.trim_end_matches('/').to_owned(),
+            token,
+        })
     }
 
     pub fn from_target(target: &ControlTarget) -> Result<Self> {
@@ -56,8 +60,14 @@ impl ControlClient {
         decode(resp).await
     }
 
-    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        let resp = self.send(self.http.patch(self.url(path)).json(body)).await?;
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let resp = self
+            .send(self.http.patch(self.url(path)).json(body))
+            .await?;
         decode(resp).await
     }
 
@@ -98,7 +108,9 @@ async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
     if !resp.status().is_success() {
         return Err(api_error(resp).await);
     }
-    resp.json::<T>().await.context("the control plane sent a body this CLI does not understand")
+    resp.json::<T>()
+        .await
+        .context("the control plane sent a body this CLI does not understand")
 }
 
 async fn api_error(resp: reqwest::Response) -> anyhow::Error {

@@ -16,7 +16,12 @@ pub fn init_logging(filter: &str) {
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 /// The root of a process's shutdown tree and the tracker of its background tasks.
@@ -27,7 +32,10 @@ pub struct Services {
 
 impl Services {
     pub fn new() -> Self {
-        Self { shutdown: CancellationToken::new(), tracker: TaskTracker::new() }
+        Self {
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
     }
 
     /// Runs `task` in the tracker; an error ends the whole process's service tree, since a
@@ -58,8 +66,14 @@ impl Services {
     pub async fn drain(self) -> Result<()> {
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(GRACE, self.tracker.wait()).await.is_err() {
-            eprintln!("some tasks did not stop within {}s; exiting anyway", GRACE.as_secs());
+        if tokio::time::timeout(GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "some tasks did not stop within {}s; exiting anyway",
+                GRACE.as_secs()
+            );
         }
         Ok(())
     }

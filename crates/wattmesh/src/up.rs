@@ -44,7 +44,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
     .context("opening the control plane")?;
     let control_listener = bind(args.control_listen, "--control-listen").await?;
     let control_url = format!("http://{}", control_listener.local_addr()?);
-    services.spawn("control", control.run(control_listener, services.shutdown.child_token()));
+    services.spawn(
+        "control",
+        control.run(control_listener, services.shutdown.child_token()),
+    );
 
     let admin_token = read_secret(&args.data_dir.join("admin-token"))?;
     let bootstrap_token = read_secret(&args.data_dir.join("bootstrap-token"))?;
@@ -74,7 +77,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
             heartbeat_interval: Duration::from_secs(2),
             catalog: catalog.clone(),
         };
-        services.spawn("agent", wattmesh_agent::run(config, services.shutdown.child_token()));
+        services.spawn(
+            "agent",
+            wattmesh_agent::run(config, services.shutdown.child_token()),
+        );
     }
 
     println!("wattmesh is up");
@@ -98,14 +104,22 @@ pub async fn up(args: UpArgs) -> Result<()> {
 }
 
 async fn bind(addr: std::net::SocketAddr, flag: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (change {flag})"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (change {flag})"))
 }
 
 /// Creates the demo tenant, the catalog's models and one deployment per model, unless a
 /// previous start already did.
 async fn seed(client: &ControlClient, catalog: &Catalog) -> Result<()> {
-    let _: Created<Tenant> =
-        client.create("/tenants", &Tenant { name: DEMO_TENANT.to_owned() }).await?;
+    let _: Created<Tenant> = client
+        .create(
+            "/tenants",
+            &Tenant {
+                name: DEMO_TENANT.to_owned(),
+            },
+        )
+        .await?;
     for m in catalog.models() {
         let model = Model {
             name: m.name.clone(),
@@ -138,27 +152,36 @@ async fn demo_key(client: &ControlClient) -> Result<DemoKey> {
     {
         return Ok(DemoKey::Existing(k.prefix.clone()));
     }
-    let spec =
-        ApiKeySpec { tenant: DEMO_TENANT.to_owned(), name: Some(DEMO_KEY_NAME.to_owned()) };
+    let spec = ApiKeySpec {
+        tenant: DEMO_TENANT.to_owned(),
+        name: Some(DEMO_KEY_NAME.to_owned()),
+    };
     let created: ApiKeyCreated = client.post("/keys", &spec).await?;
     Ok(DemoKey::New(created.secret))
 }
 
 /// Prints replica readiness as it changes, so the first start (models loading) is visible.
+/// Replicas on sites that stopped heartbeating (`lost`) are counted apart: they wait for their
+/// site, not for a model to load.
 async fn report_readiness(client: ControlClient, shutdown: tokio_util::sync::CancellationToken) {
-    let mut last = (usize::MAX, usize::MAX);
+    let mut last = None;
     loop {
         if let Ok(status) = client.get::<FleetStatus>("/status").await {
-            let ready =
-                status.replicas.iter().filter(|r| r.state == ReplicaState::Ready).count();
-            let now = (ready, status.replicas.len());
-            if now != last && now.1 > 0 {
-                if ready == now.1 {
-                    println!("all {ready} replicas ready");
+            let count = |s: ReplicaState| status.replicas.iter().filter(|r| r.state == s).count();
+            let (ready, lost) = (count(ReplicaState::Ready), count(ReplicaState::Lost));
+            let live = status.replicas.len() - lost;
+            let now = (ready, live, lost);
+            if last != Some(now) && live > 0 {
+                let lost_note = match lost {
+                    0 => String::new(),
+                    n => format!(" ({n} lost on sites that are not ready)"),
+                };
+                if ready == live {
+                    println!("all {ready} replicas ready{lost_note}");
                 } else {
-                    println!("replicas ready: {ready}/{}", now.1);
+                    println!("replicas ready: {ready}/{live}{lost_note}");
                 }
-                last = now;
+                last = Some(now);
             }
         }
         tokio::select! {

@@ -11,11 +11,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("wattmesh-store", &["wattmesh-domain", "wattmesh-proto"]),
     ("wattmesh-engine", &["wattmesh-domain", "wattmesh-proto"]),
     ("wattmesh-miner", &["wattmesh-domain", "wattmesh-proto"]),
-    ("wattmesh-control", &["wattmesh-domain", "wattmesh-proto", "wattmesh-store"]),
+    (
+        "wattmesh-control",
+        &["wattmesh-domain", "wattmesh-proto", "wattmesh-store"],
+    ),
     ("wattmesh-gateway", &["wattmesh-domain", "wattmesh-proto"]),
     (
         "wattmesh-agent",
-        &["wattmesh-domain", "wattmesh-proto", "wattmesh-engine", "wattmesh-miner"],
+        &[
+            "wattmesh-domain",
+            "wattmesh-proto",
+            "wattmesh-engine",
+            "wattmesh-miner",
+        ],
     ),
     (
         "wattmesh",
@@ -35,15 +43,27 @@ const ALLOWED: &[(&str, &[&str])] = &[
 #[test]
 fn crate_dependencies_point_down_only() {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
 
-    let allowed: BTreeMap<&str, BTreeSet<&str>> =
-        ALLOWED.iter().map(|(k, v)| (*k, v.iter().copied().collect())).collect();
+    let allowed: BTreeMap<&str, BTreeSet<&str>> = ALLOWED
+        .iter()
+        .map(|(k, v)| (*k, v.iter().copied().collect()))
+        .collect();
     let mut seen = BTreeSet::new();
     let mut violations = Vec::new();
     for pkg in meta["packages"].as_array().expect("packages") {
@@ -61,8 +81,14 @@ fn crate_dependencies_point_down_only() {
             }
         }
     }
-    assert!(violations.is_empty(), "dependencies that point the wrong way: {violations:#?}");
+    assert!(
+        violations.is_empty(),
+        "dependencies that point the wrong way: {violations:#?}"
+    );
     for (name, _) in ALLOWED {
-        assert!(seen.contains(*name), "{name} is in the table but not in the workspace");
+        assert!(
+            seen.contains(*name),
+            "{name} is in the table but not in the workspace"
+        );
     }
 }

@@ -156,6 +156,9 @@ impl Store for SqliteStore {
     async fn list_replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
         workloads::list_replicas(&self.pool).await
     }
+    async fn forget_replica_reports(&self) -> Result<(), StoreError> {
+        workloads::forget_replica_reports(&self.pool).await
+    }
     async fn apply_placements(
         &self,
         add: &[NewReplica],

@@ -217,6 +217,13 @@ pub(super) async fn list_replicas(pool: &SqlitePool) -> Result<Vec<ReplicaRecord
     rows.into_iter().map(ReplicaRecord::try_from).collect()
 }
 
+pub(super) async fn forget_replica_reports(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query("UPDATE replicas SET state = 'pending', endpoint = NULL, message = NULL")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub(super) async fn apply_placements(
     pool: &SqlitePool,
     add: &[NewReplica],

@@ -13,7 +13,11 @@ use crate::progress::PullBars;
 pub async fn run(cmd: ModelsCommand) -> Result<()> {
     let catalog = Catalog::builtin();
     match cmd {
-        ModelsCommand::Pull { names, data_dir, models_dir } => {
+        ModelsCommand::Pull {
+            names,
+            data_dir,
+            models_dir,
+        } => {
             let dir = models_dir.unwrap_or_else(|| data_dir.join("models"));
             pull_all(&catalog, &names, &dir).await?;
             println!("models ready in {}", dir.display());
@@ -52,7 +56,12 @@ pub async fn pull_all(catalog: &Catalog, names: &[String], dir: &Path) -> Result
             Some(m) => wanted.push(m.clone()),
             None => bail!(
                 "no model {n:?} in the catalog (known: {})",
-                catalog.models().iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                catalog
+                    .models()
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }

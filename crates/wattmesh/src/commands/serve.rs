@@ -25,7 +25,10 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("control API on http://{}/api/v1", listener.local_addr()?);
     let services = Services::new();
-    services.spawn("control", control.run(listener, services.shutdown.child_token()));
+    services.spawn(
+        "control",
+        control.run(listener, services.shutdown.child_token()),
+    );
     services.run_until_signal().await
 }
 
@@ -42,7 +45,10 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     println!("gateway on http://{}/v1", listener.local_addr()?);
     let options = wattmesh_gateway::GatewayOptions::new(args.target.control_url.clone(), token);
     let services = Services::new();
-    services.spawn("gateway", wattmesh_gateway::run(listener, options, services.shutdown.child_token()));
+    services.spawn(
+        "gateway",
+        wattmesh_gateway::run(listener, options, services.shutdown.child_token()),
+    );
     services.run_until_signal().await
 }
 
@@ -54,7 +60,10 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         )?,
     };
     let power_price = match &args.power_price {
-        Some(p) => Some(p.parse().with_context(|| format!("--power-price {p:?} is not a number"))?),
+        Some(p) => Some(
+            p.parse()
+                .with_context(|| format!("--power-price {p:?} is not a number"))?,
+        ),
         None => None,
     };
     let config = AgentConfig {
@@ -70,8 +79,14 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         heartbeat_interval: Duration::from_secs(2),
         catalog: Catalog::builtin(),
     };
-    println!("agent for site {} ({}) → {}", args.site, args.region, args.control_url);
+    println!(
+        "agent for site {} ({}) → {}",
+        args.site, args.region, args.control_url
+    );
     let services = Services::new();
-    services.spawn("agent", wattmesh_agent::run(config, services.shutdown.child_token()));
+    services.spawn(
+        "agent",
+        wattmesh_agent::run(config, services.shutdown.child_token()),
+    );
     services.run_until_signal().await
 }

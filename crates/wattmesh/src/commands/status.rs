@@ -8,7 +8,9 @@ use crate::client::ControlClient;
 use crate::commands::{print_json, table};
 
 pub async fn run(args: StatusArgs) -> Result<()> {
-    let status: FleetStatus = ControlClient::from_target(&args.target)?.get("/status").await?;
+    let status: FleetStatus = ControlClient::from_target(&args.target)?
+        .get("/status")
+        .await?;
     if args.json {
         return print_json(&status);
     }
@@ -17,7 +19,11 @@ pub async fn run(args: StatusArgs) -> Result<()> {
 }
 
 fn ready(ok: bool) -> String {
-    if ok { "Ready".into() } else { "NotReady".into() }
+    if ok {
+        "Ready".into()
+    } else {
+        "NotReady".into()
+    }
 }
 
 pub fn render(status: &FleetStatus) -> String {
@@ -50,7 +56,14 @@ pub fn render(status: &FleetStatus) -> String {
             d.unschedulable.to_string(),
         ]);
     }
-    let mut replicas = table(&["replica", "deployment", "site", "region", "state", "endpoint"]);
+    let mut replicas = table(&[
+        "replica",
+        "deployment",
+        "site",
+        "region",
+        "state",
+        "endpoint",
+    ]);
     for r in &status.replicas {
         replicas.add_row(vec![
             r.id.chars().take(8).collect(),
