@@ -98,7 +98,7 @@ pub fn pull(
 fn present(model: &CatalogModel, dir: &Path) -> bool {
     model.files.iter().all(|f| {
         File::open(dir.join(&f.name))
-            .and_then(|mut file| sha256_of(&mut file, |_| {}))
+            .and_then(|mut file| sha256_of(&mut file))
             .is_ok_and(|h| h == f.sha256)
     })
 }
@@ -206,7 +206,7 @@ fn install(
     std::fs::rename(&partial, &target).map_err(io(format!("renaming to {}", target.display())))
 }
 
-fn sha256_of(reader: &mut impl Read, mut on_bytes: impl FnMut(u64)) -> std::io::Result<String> {
+fn sha256_of(reader: &mut impl Read) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -215,7 +215,6 @@ fn sha256_of(reader: &mut impl Read, mut on_bytes: impl FnMut(u64)) -> std::io::
             return Ok(hex::encode(hasher.finalize()));
         }
         hasher.update(&buf[..n]);
-        on_bytes(n as u64);
     }
 }
 

@@ -37,17 +37,7 @@ impl ControlClient {
     }
 
     pub fn from_target(target: &ControlTarget) -> Result<Self> {
-        let token = match &target.admin_token {
-            Some(t) => t.clone(),
-            None => read_secret(&target.data_dir.join("admin-token")).with_context(|| {
-                format!(
-                    "no admin token: pass --admin-token, or point --data-dir at the control \
-                     plane's data directory (looked in {})",
-                    target.data_dir.display()
-                )
-            })?,
-        };
-        Self::new(&target.control_url, token)
+        Self::new(&target.control_url, admin_token(target)?)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -118,6 +108,20 @@ async fn api_error(resp: reqwest::Response) -> anyhow::Error {
     match resp.json::<ApiError>().await {
         Ok(e) => anyhow!("{} ({}): {}", status, e.error.code, e.error.message),
         Err(_) => anyhow!("the control plane answered {status}"),
+    }
+}
+
+/// The admin token: `--admin-token`, or the file the control plane wrote in its data dir.
+pub fn admin_token(target: &ControlTarget) -> Result<String> {
+    match &target.admin_token {
+        Some(t) => Ok(t.clone()),
+        None => read_secret(&target.data_dir.join("admin-token")).with_context(|| {
+            format!(
+                "no admin token: pass --admin-token, or point --data-dir at the control \
+                 plane's data directory (looked in {})",
+                target.data_dir.display()
+            )
+        }),
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use wattmesh_agent::{AgentConfig, Catalog};
 
 use crate::cli::{AgentArgs, ControlArgs, GatewayArgs};
-use crate::client::{ControlClient, read_secret};
+use crate::client::{admin_token, read_secret};
 use crate::run::Services;
 
 pub async fn control(args: ControlArgs) -> Result<()> {
@@ -33,12 +33,7 @@ pub async fn control(args: ControlArgs) -> Result<()> {
 }
 
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
-    // Resolves the token the same way every CLI command does.
-    let token = match &args.target.admin_token {
-        Some(t) => t.clone(),
-        None => read_secret(&args.target.data_dir.join("admin-token"))?,
-    };
-    ControlClient::new(&args.target.control_url, token.clone())?;
+    let token = admin_token(&args.target)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
