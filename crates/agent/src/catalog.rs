@@ -111,8 +111,11 @@ impl Catalog {
             if m.file.is_empty() {
                 return Err(invalid("lists no files".into()));
             }
-            let mut files = Vec::new();
+            let mut files: Vec<CatalogFile> = Vec::new();
             for f in &m.file {
+                if files.iter().any(|seen| seen.name == f.name) {
+                    return Err(invalid(format!("file {:?} appears twice", f.name)));
+                }
                 if !safe_name(&f.name) {
                     return Err(invalid(format!(
                         "file name {:?} is not a plain file name",
@@ -247,6 +250,26 @@ mod tests {
                 "twice",
             ),
             ("[[model]]\nname = 5".to_owned(), "TOML"),
+            (
+                one("", &file(SHA)).replace("source = \"pypi:p==1\"\n", ""),
+                "missing field `source`",
+            ),
+            (
+                one("", &file(SHA)).replace("name = \"m\"", "name = \"\""),
+                "the name must be",
+            ),
+            (
+                one("", &file(SHA)).replace("pypi:p==1", "file:"),
+                "needs a directory",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    one("", &file(SHA)),
+                    file(SHA).replace("a/b.gguf", "c")
+                ),
+                "twice",
+            ),
         ];
         for (text, want) in cases {
             let err = Catalog::parse(&text).unwrap_err().to_string();

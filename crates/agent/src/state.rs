@@ -1,0 +1,147 @@
+//! What the agent keeps in its state directory so that a restarted agent does not depend on
+//! the control plane: the last desired state (static stability: it serves that state at once)
+//! and its agent token (so it resumes its session instead of registering, which would rotate
+//! the token). Files are written to a temporary name and renamed, so a crash never leaves half
+//! a file; the token file is readable by its owner only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wattmesh_proto::agent::{DesiredState, RegisterRequest};
+
+const DESIRED_FILE: &str = "desired.json";
+const TOKEN_FILE: &str = "agent-token.json";
+
+/// The agent's token and what it was registered with: a token is reused only by an agent
+/// registering the same way with the same control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedToken {
+    pub control_url: String,
+    pub registration: RegisterRequest,
+    pub agent_token: String,
+}
+
+/// The agent's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating) the directory.
+    pub fn open(dir: &Path) -> std::io::Result<StateDir> {
+        std::fs::create_dir_all(dir)?;
+        Ok(StateDir {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The last desired state saved, if any is there and readable.
+    pub fn load_desired(&self) -> Option<DesiredState> {
+        self.load(DESIRED_FILE)
+    }
+
+    pub fn save_desired(&self, state: &DesiredState) -> std::io::Result<()> {
+        self.save(DESIRED_FILE, state, false)
+    }
+
+    pub fn load_token(&self) -> Option<SavedToken> {
+        self.load(TOKEN_FILE)
+    }
+
+    pub fn save_token(&self, token: &SavedToken) -> std::io::Result<()> {
+        self.save(TOKEN_FILE, token, true)
+    }
+
+    /// Forgets a token the control plane refused.
+    pub fn forget_token(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir.join(TOKEN_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn load<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        let path = self.dir.join(name);
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                tracing::warn!("ignoring {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    fn save<T: Serialize>(&self, name: &str, value: &T, secret: bool) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        let mut file = options.open(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wattmesh_proto::agent::NodeReport;
+
+    #[test]
+    fn token_round_trips_and_only_its_owner_can_read_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("agent")).unwrap();
+        assert_eq!(dir.load_token(), None);
+        let saved = SavedToken {
+            control_url: "http://c".into(),
+            registration: RegisterRequest {
+                site: "s".into(),
+                region: "r".into(),
+                power_price_usd_per_mwh: None,
+                nodes: vec![NodeReport {
+                    name: "n".into(),
+                    memory_bytes: 1,
+                }],
+            },
+            agent_token: "secret".into(),
+        };
+        dir.save_token(&saved).unwrap();
+        dir.save_token(&saved).unwrap();
+        assert_eq!(dir.load_token(), Some(saved));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(tmp.path().join("agent").join(TOKEN_FILE)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+        dir.forget_token().unwrap();
+        dir.forget_token().unwrap();
+        assert_eq!(dir.load_token(), None);
+    }
+
+    #[test]
+    fn desired_state_round_trips_and_garbage_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let state = DesiredState {
+            version: 3,
+            replicas: Vec::new(),
+        };
+        dir.save_desired(&state).unwrap();
+        assert_eq!(dir.load_desired(), Some(state));
+        std::fs::write(tmp.path().join(DESIRED_FILE), "{").unwrap();
+        assert_eq!(dir.load_desired(), None);
+    }
+}
