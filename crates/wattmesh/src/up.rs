@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use wattmesh_agent::{AgentConfig, Catalog};
+use wattmesh_agent::Catalog;
 use wattmesh_proto::api::{
     ApiKey, ApiKeyCreated, ApiKeySpec, DeploymentSpec, FleetStatus, Model, ReplicaState, Tenant,
 };
@@ -15,6 +15,7 @@ use wattmesh_proto::api::{
 use crate::cli::UpArgs;
 use crate::client::{ControlClient, Created, read_secret};
 use crate::commands::models::pull_all;
+use crate::commands::serve::{SiteAgent, site_agent_config};
 use crate::run::Services;
 
 /// The simulated sites of `up`: three regions of the fleet, with plausible power prices.
@@ -64,19 +65,17 @@ pub async fn up(args: UpArgs) -> Result<()> {
     );
 
     for (site, region, price) in DEMO_SITES {
-        let config = AgentConfig {
+        let config = site_agent_config(SiteAgent {
             control_url: control_url.clone(),
             bootstrap_token: bootstrap_token.clone(),
             site: site.to_owned(),
             region: region.to_owned(),
             power_price_usd_per_mwh: Some(price.parse().context("demo power price")?),
-            node_name: format!("{site}-cpu-0"),
             node_memory_bytes: NODE_MEMORY_BYTES,
+            data_dir: args.data_dir.clone(),
             models_dir: models_dir.clone(),
-            state_dir: args.data_dir.join("agents").join(site),
-            heartbeat_interval: Duration::from_secs(2),
             catalog: catalog.clone(),
-        };
+        });
         services.spawn(
             "agent",
             wattmesh_agent::run(config, services.shutdown.child_token()),

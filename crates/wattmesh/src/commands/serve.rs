@@ -61,19 +61,17 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         ),
         None => None,
     };
-    let config = AgentConfig {
+    let config = site_agent_config(SiteAgent {
         control_url: args.control_url.clone(),
         bootstrap_token,
         site: args.site.clone(),
         region: args.region.clone(),
         power_price_usd_per_mwh: power_price,
-        node_name: format!("{}-cpu-0", args.site),
         node_memory_bytes: args.node_memory_gib << 30,
+        data_dir: args.data_dir.clone(),
         models_dir: args.models_dir(),
-        state_dir: args.data_dir.join("agents").join(&args.site),
-        heartbeat_interval: Duration::from_secs(2),
         catalog: Catalog::builtin(),
-    };
+    });
     println!(
         "agent for site {} ({}) → {}",
         args.site, args.region, args.control_url
@@ -84,4 +82,35 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         wattmesh_agent::run(config, services.shutdown.child_token()),
     );
     services.run_until_signal().await
+}
+
+/// What differs between one site's agent and the next.
+pub struct SiteAgent {
+    pub control_url: String,
+    pub bootstrap_token: String,
+    pub site: String,
+    pub region: String,
+    pub power_price_usd_per_mwh: Option<rust_decimal::Decimal>,
+    pub node_memory_bytes: u64,
+    pub data_dir: std::path::PathBuf,
+    pub models_dir: std::path::PathBuf,
+    pub catalog: Catalog,
+}
+
+/// One site's agent configuration, the same for `wattmesh agent` and the sites of `up`: one
+/// CPU node named after the site, state under DATA_DIR/agents/SITE, a 2 s heartbeat.
+pub fn site_agent_config(s: SiteAgent) -> AgentConfig {
+    AgentConfig {
+        node_name: format!("{}-cpu-0", s.site),
+        state_dir: s.data_dir.join("agents").join(&s.site),
+        heartbeat_interval: Duration::from_secs(2),
+        control_url: s.control_url,
+        bootstrap_token: s.bootstrap_token,
+        site: s.site,
+        region: s.region,
+        power_price_usd_per_mwh: s.power_price_usd_per_mwh,
+        node_memory_bytes: s.node_memory_bytes,
+        models_dir: s.models_dir,
+        catalog: s.catalog,
+    }
 }
