@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let prepared = chat.prepare_completion(&req)?;
         let prompt_len = prepared.tokens.len();
         let started = Instant::now();
-        let mut rx = chat.submit(prepared)?;
+        let mut rx = chat.submit(prepared, wattmesh_engine::generate::Priority::Normal)?;
         let mut first = None;
         let mut usage = None;
         while let Some(ev) = rx.blocking_recv() {

@@ -2,26 +2,26 @@
 //! the translation of chat and completion requests into token prompts plus parameters.
 //!
 //! Usable context: the GGUF states the trained context (`llama.context_length`, 8192 for
-//! SmolLM2), but candle's quantized llama precomputes rotary tables for 4096 positions only,
-//! and a CPU replica gains nothing from very long prompts, so the usable context is capped at
-//! [`MAX_CONTEXT`] tokens. That also bounds the KV cache: for SmolLM2, 30 layers × 3 KV heads
-//! × 64 × 2 × f32 is 46 KiB per token, ≈ 94 MiB at 2048.
+//! SmolLM2), but a CPU replica gains nothing from very long prompts and every stream of the
+//! batch shares one KV-cache budget, so the usable context of one request is capped at
+//! [`MAX_CONTEXT`] tokens. For SmolLM2 a token takes 30 layers × 3 KV heads × 64 × 2 × f16 =
+//! 23 KiB of cache: a full 2048-token context is 46 MiB.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::Device;
 use candle_core::quantized::gguf_file;
-use candle_transformers::models::quantized_llama::ModelWeights;
 use tokio::sync::mpsc;
 use wattmesh_proto::openai::{
     COMPLETIONS_DEFAULT_MAX_TOKENS, ChatCompletionRequest, CompletionRequest, Prompt,
 };
 
 use crate::error::EngineError;
-use crate::generate::{GenEvent, GenParams, Generator, SamplingRequest};
+use crate::generate::{GenEvent, GenParams, Generator, Priority, SamplingRequest};
+use crate::llama::LlamaModel;
 use crate::metrics::Metrics;
+use crate::options::EngineOptions;
 use crate::template::{ChatTemplate, TemplateMessage};
 use crate::tokenizer::{GgufTokenizer, string_meta};
 
@@ -47,8 +47,13 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    /// Loads the single `*.gguf` file in `dir`. Blocking.
-    pub fn load(name: &str, dir: &Path, metrics: Arc<Metrics>) -> Result<Self, EngineError> {
+    /// Loads the single `*.gguf` file in `dir` and starts its batching worker. Blocking.
+    pub fn load(
+        name: &str,
+        dir: &Path,
+        metrics: Arc<Metrics>,
+        options: &EngineOptions,
+    ) -> Result<Self, EngineError> {
         let path = single_gguf(dir)?;
         let io = |source| EngineError::Io {
             path: path.clone(),
@@ -77,14 +82,10 @@ impl ChatModel {
         {
             eos_ids.push(id);
         }
-        let trained = md
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_CONTEXT, |c| c as usize);
-        let context = trained.min(MAX_CONTEXT);
-
-        let weights = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
-        let generator = Generator::spawn(name, weights, tokenizer.clone(), eos_ids, metrics)?;
+        let model = LlamaModel::from_gguf(&content, &mut file, MAX_CONTEXT)?;
+        let context = model.config.trained_context.min(MAX_CONTEXT);
+        let generator =
+            crate::worker::spawn(name, model, tokenizer.clone(), eos_ids, metrics, options)?;
         Ok(Self {
             tokenizer,
             template,
@@ -168,9 +169,14 @@ impl ChatModel {
         Ok(PreparedPrompt { tokens, params })
     }
 
-    /// Queues a prepared prompt on the replica's worker.
-    pub fn submit(&self, prompt: PreparedPrompt) -> Result<mpsc::Receiver<GenEvent>, EngineError> {
-        self.generator.submit(prompt.tokens, prompt.params)
+    /// Queues a prepared prompt on the replica's batching worker in `priority`'s class.
+    pub fn submit(
+        &self,
+        prompt: PreparedPrompt,
+        priority: Priority,
+    ) -> Result<mpsc::UnboundedReceiver<GenEvent>, EngineError> {
+        self.generator
+            .submit(prompt.tokens, prompt.params, priority)
     }
 
     pub fn tokenizer(&self) -> &GgufTokenizer {

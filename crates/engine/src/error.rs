@@ -54,6 +54,12 @@ pub enum EngineError {
     /// The generation worker is gone (the replica is shutting down).
     #[error("the model is not available")]
     Unavailable,
+    /// The queue in front of the running batch is full: 503 with `Retry-After`.
+    #[error(
+        "The model is overloaded: {waiting} requests are already waiting. \
+         Please retry after {retry_after} seconds."
+    )]
+    Overloaded { waiting: usize, retry_after: u64 },
 }
 
 impl EngineError {
@@ -82,7 +88,7 @@ impl EngineError {
             EngineError::TooLarge => ErrorKind::RequestTooLarge,
             EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::MethodNotAllowed => ErrorKind::MethodNotAllowed,
-            EngineError::Unavailable => ErrorKind::Unavailable,
+            EngineError::Unavailable | EngineError::Overloaded { .. } => ErrorKind::Unavailable,
             EngineError::Io { .. }
             | EngineError::Artifact(_)
             | EngineError::Model(_)
@@ -118,6 +124,13 @@ impl IntoResponse for EngineError {
         }
         let status =
             StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.to_response_body())).into_response()
+        let mut response = (status, axum::Json(self.to_response_body())).into_response();
+        if let EngineError::Overloaded { retry_after, .. } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after),
+            );
+        }
+        response
     }
 }

@@ -1,39 +1,26 @@
-//! Text generation: validated sampling parameters and the worker thread that owns the model.
-//!
-//! Generation is CPU-bound and must stay off the async runtime, and v1 serves one generation
-//! at a time per replica (continuous batching is a later issue). So each chat replica has one
-//! worker thread that owns the weights and takes jobs from a queue; a job carries a bounded
-//! channel back to its request. Requests waiting in the queue are `num_requests_waiting`.
-//! When a client goes away its receiver is dropped, the channel closes, and the worker stops
-//! that job before the next forward pass.
-//!
-//! Every job starts from a clone of the pristine weights: candle's `ModelWeights` keeps the KV
-//! cache (and a mask cache keyed by prompt length) inside itself, and cloning is cheap (the
-//! tensors are reference-counted), so no state leaks from one request into the next.
+//! A generation request as the engine sees it: validated sampling parameters, the events a
+//! request streams back, and the handle that queues requests on a replica's batching
+//! worker ([`crate::worker`]) — or turns them away when the queue is full.
 //!
 //! Token accounting: `completion_tokens` counts every token the model sampled, including the
 //! end-of-generation token that ended it, as llama.cpp and vLLM count them; so
 //! `completion_tokens <= max_tokens` always holds and billed tokens equal decoded tokens.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::ModelWeights;
 use tokio::sync::mpsc;
 use wattmesh_proto::openai::{FinishReason, StopSequences, Usage};
 
-use crate::detok::{Step, TextStream};
 use crate::error::EngineError;
 use crate::metrics::Metrics;
-use crate::tokenizer::GgufTokenizer;
+pub use crate::sampler::Sampling;
+pub use crate::scheduler::Priority;
 
 /// OpenAI accepts at most this many stop sequences.
 const MAX_STOPS: usize = 4;
-/// How many events may wait for a slow client before the worker blocks.
-const EVENT_BUFFER: usize = 64;
 
 /// The sampling knobs of a request, as clients send them.
 #[derive(Debug, Clone, Default)]
@@ -136,176 +123,111 @@ impl GenParams {
     }
 }
 
-/// What a job reports back, in order: text pieces, then exactly one `Done` or `Failed`.
+/// What a request reports back, in order: text pieces, then exactly one `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenEvent {
     Text(String),
-    Done { finish: FinishReason, usage: Usage },
+    /// The end: why, the exact usage, and the ids of the generated tokens (for callers
+    /// that compare token for token; the HTTP layer sends only the text).
+    Done {
+        finish: FinishReason,
+        usage: Usage,
+        tokens: Vec<u32>,
+    },
     Failed(String),
 }
 
-struct Job {
-    prompt: Vec<u32>,
-    params: GenParams,
-    events: mpsc::Sender<GenEvent>,
-    queued_at: Instant,
+/// A request on its way to the worker.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub prompt: Vec<u32>,
+    pub params: GenParams,
+    pub priority: Priority,
+    /// Unbounded so the worker never waits for a slow client (that would stall the whole
+    /// batch); a request's events are bounded by its `max_tokens` anyway.
+    pub events: mpsc::UnboundedSender<GenEvent>,
+    pub queued_at: Instant,
 }
 
-/// A handle to a replica's generation worker; the worker ends when the last handle drops.
+/// State shared by the handle and the worker: the admission bound and a latency estimate.
+#[derive(Debug, Default)]
+pub(crate) struct Admission {
+    /// Requests accepted but not yet admitted to the running batch.
+    pub queued: AtomicUsize,
+    /// Exponentially weighted mean seconds a request spends running, as f64 bits.
+    pub mean_run_secs: AtomicU64,
+}
+
+impl Admission {
+    /// Seconds until a place in the queue is likely to free up, for `Retry-After`.
+    pub fn retry_after(&self, max_running: usize) -> u64 {
+        let mean = f64::from_bits(self.mean_run_secs.load(Ordering::Relaxed));
+        let queued = self.queued.load(Ordering::Relaxed) as f64;
+        let estimate = mean * (queued / max_running.max(1) as f64).max(1.0);
+        (estimate.ceil() as u64).clamp(1, 60)
+    }
+
+    pub fn record_run(&self, secs: f64) {
+        let old = f64::from_bits(self.mean_run_secs.load(Ordering::Relaxed));
+        let new = if old == 0.0 {
+            secs
+        } else {
+            0.8 * old + 0.2 * secs
+        };
+        self.mean_run_secs.store(new.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// A handle to a replica's batching worker; the worker ends when the last handle drops.
 pub struct Generator {
-    jobs: std_mpsc::Sender<Job>,
-    metrics: Arc<Metrics>,
+    pub(crate) requests: std_mpsc::Sender<Request>,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Requests that may wait for the batch before new ones get 503.
+    pub(crate) max_queued: usize,
+    pub(crate) max_running: usize,
+    /// The most tokens the KV cache holds: a longer prompt can never run.
+    pub(crate) capacity_tokens: usize,
 }
 
 impl Generator {
-    /// Starts the worker thread that owns `weights`.
-    pub fn spawn(
-        name: &str,
-        weights: ModelWeights,
-        tokenizer: Arc<GgufTokenizer>,
-        eos: Vec<u32>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, EngineError> {
-        let (jobs, rx) = std_mpsc::channel::<Job>();
-        let worker = Worker {
-            weights,
-            tokenizer,
-            eos,
-            metrics: metrics.clone(),
-        };
-        std::thread::Builder::new()
-            .name(format!("gen-{name}"))
-            .spawn(move || worker.run(rx))
-            .map_err(|e| EngineError::Io {
-                path: "generation thread".into(),
-                source: e,
-            })?;
-        Ok(Self { jobs, metrics })
-    }
-
     /// Queues a generation; events arrive on the returned receiver. Dropping the receiver
-    /// cancels the job.
+    /// cancels the request and frees its place in the batch at the next step.
     pub fn submit(
         &self,
         prompt: Vec<u32>,
         params: GenParams,
-    ) -> Result<mpsc::Receiver<GenEvent>, EngineError> {
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        self.metrics.queued();
-        let job = Job {
+        priority: Priority,
+    ) -> Result<mpsc::UnboundedReceiver<GenEvent>, EngineError> {
+        if prompt.len() >= self.capacity_tokens {
+            return Err(EngineError::ContextLengthExceeded(format!(
+                "The prompt is {} tokens; this replica's KV cache holds {} tokens.",
+                prompt.len(),
+                self.capacity_tokens
+            )));
+        }
+        let queued = self.admission.queued.fetch_add(1, Ordering::AcqRel);
+        if queued >= self.max_queued {
+            self.admission.queued.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.add_rejected();
+            return Err(EngineError::Overloaded {
+                waiting: queued,
+                retry_after: self.admission.retry_after(self.max_running),
+            });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let request = Request {
             prompt,
             params,
+            priority,
             events: tx,
             queued_at: Instant::now(),
         };
-        if self.jobs.send(job).is_err() {
-            self.metrics.dequeued();
+        if self.requests.send(request).is_err() {
+            self.admission.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(EngineError::Unavailable);
         }
         Ok(rx)
-    }
-}
-
-/// The state the worker thread owns.
-struct Worker {
-    weights: ModelWeights,
-    tokenizer: Arc<GgufTokenizer>,
-    eos: Vec<u32>,
-    metrics: Arc<Metrics>,
-}
-
-/// Why a job ended without a `Done`.
-enum Abort {
-    /// The client went away.
-    Cancelled,
-    Model(candle_core::Error),
-}
-
-impl From<candle_core::Error> for Abort {
-    fn from(e: candle_core::Error) -> Self {
-        Abort::Model(e)
-    }
-}
-
-impl Worker {
-    fn run(self, jobs: std_mpsc::Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
-            if job.events.is_closed() {
-                self.metrics.dequeued();
-                continue;
-            }
-            self.metrics.started();
-            // Counters are settled before `Done` goes out, so a client that got its answer
-            // sees this request finished in `/metrics`.
-            match self.generate(&job) {
-                Ok((finish, usage)) => {
-                    self.metrics.finished(Some(finish));
-                    let _ = job.events.blocking_send(GenEvent::Done { finish, usage });
-                }
-                Err(Abort::Cancelled) => self.metrics.finished(None),
-                Err(Abort::Model(e)) => {
-                    tracing::error!(error = %e, "generation failed");
-                    self.metrics.finished(None);
-                    let _ = job.events.blocking_send(GenEvent::Failed(e.to_string()));
-                }
-            }
-        }
-    }
-
-    /// Runs one job up to (not including) its `Done` event.
-    fn generate(&self, job: &Job) -> Result<(FinishReason, Usage), Abort> {
-        let send = |ev: GenEvent| job.events.blocking_send(ev).map_err(|_| Abort::Cancelled);
-        let device = Device::Cpu;
-        let mut model = self.weights.clone();
-        let prompt_len = job.prompt.len();
-        self.metrics.add_prompt_tokens(prompt_len as u64);
-
-        let input = Tensor::new(job.prompt.as_slice(), &device)?.unsqueeze(0)?;
-        let mut logits = model.forward(&input, 0)?.squeeze(0)?;
-        let mut sampler =
-            LogitsProcessor::from_sampling(job.params.seed, job.params.sampling.clone());
-        let mut text = TextStream::new(job.params.stops.clone());
-        let mut generated = 0usize;
-        let finish = loop {
-            if job.events.is_closed() {
-                self.metrics.add_generation_tokens(generated as u64);
-                return Err(Abort::Cancelled);
-            }
-            let token = sampler.sample(&logits)?;
-            generated += 1;
-            if generated == 1 {
-                self.metrics.observe_ttft(job.queued_at.elapsed());
-            }
-            if self.eos.contains(&token) {
-                break FinishReason::Stop;
-            }
-            match text.push(self.tokenizer.token_bytes(token)) {
-                Step::Continue(piece) => {
-                    if !piece.is_empty() {
-                        send(GenEvent::Text(piece))?;
-                    }
-                }
-                Step::Stop(piece) => {
-                    if !piece.is_empty() {
-                        send(GenEvent::Text(piece))?;
-                    }
-                    break FinishReason::Stop;
-                }
-            }
-            if generated >= job.params.max_new_tokens {
-                break FinishReason::Length;
-            }
-            let input = Tensor::new(&[token], &device)?.unsqueeze(0)?;
-            logits = model
-                .forward(&input, prompt_len + generated - 1)?
-                .squeeze(0)?;
-        };
-        self.metrics.add_generation_tokens(generated as u64);
-        let rest = text.finish();
-        if !rest.is_empty() {
-            send(GenEvent::Text(rest))?;
-        }
-        Ok((finish, Usage::new(prompt_len as u32, generated as u32)))
     }
 }
 

@@ -12,12 +12,80 @@ use std::time::Duration;
 use wattmesh_proto::openai::FinishReason;
 
 /// Upper bounds (seconds) of the time-to-first-token histogram, as vLLM's.
-const TTFT_BUCKETS: [f64; 12] = [
+const TTFT_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
 ];
+/// Upper bounds (seconds) of the inter-token latency histogram, as vLLM's.
+const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+/// Upper bounds (seconds) of the end-to-end request latency histogram.
+const E2E_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+];
+/// Upper bounds of the sequences-per-step histogram (our own: vLLM has no counterpart).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// A Prometheus histogram over fixed buckets, in atomics.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// The sum in millionths, so it stays an integer atomic.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            if value <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Observations at or below `bound` (which must be one of the bucket bounds).
+    pub fn count_le(&self, bound: f64) -> Option<u64> {
+        let i = self.bounds.iter().position(|b| *b == bound)?;
+        Some(self.buckets[i].load(Ordering::Relaxed))
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, label: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label},le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{label},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{label}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{label}}} {count}");
+    }
+}
 
 /// The counters of one replica.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     running: AtomicI64,
     waiting: AtomicI64,
@@ -25,12 +93,81 @@ pub struct Metrics {
     generation_tokens: AtomicU64,
     success_stop: AtomicU64,
     success_length: AtomicU64,
-    ttft_buckets: [AtomicU64; TTFT_BUCKETS.len()],
-    ttft_count: AtomicU64,
-    ttft_sum_micros: AtomicU64,
+    preemptions: AtomicU64,
+    rejected: AtomicU64,
+    /// KV-cache blocks in use, in millionths of the pool (an integer atomic).
+    kv_usage_millionths: AtomicU64,
+    ttft: Histogram,
+    pub(crate) itl: Histogram,
+    e2e: Histogram,
+    pub(crate) batch: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            running: AtomicI64::new(0),
+            waiting: AtomicI64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            generation_tokens: AtomicU64::new(0),
+            success_stop: AtomicU64::new(0),
+            success_length: AtomicU64::new(0),
+            preemptions: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            kv_usage_millionths: AtomicU64::new(0),
+            ttft: Histogram::new(TTFT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            e2e: Histogram::new(E2E_BUCKETS),
+            batch: Histogram::new(BATCH_BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
+    /// Sets the waiting and running gauges (the batching worker knows both exactly).
+    pub fn set_queues(&self, waiting: usize, running: usize) {
+        self.waiting.store(waiting as i64, Ordering::Relaxed);
+        self.running.store(running as i64, Ordering::Relaxed);
+    }
+
+    /// Records the fraction of the KV cache in use.
+    pub fn set_kv_usage(&self, fraction: f64) {
+        self.kv_usage_millionths
+            .store((fraction.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn kv_usage(&self) -> f64 {
+        self.kv_usage_millionths.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    pub fn add_preemptions(&self, n: u64) {
+        self.preemptions.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A request turned away because the queue was full.
+    pub fn add_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request ended: its outcome and its end-to-end latency.
+    pub fn request_done(&self, outcome: Option<FinishReason>, latency: Duration) {
+        match outcome {
+            Some(FinishReason::Stop) => self.success_stop.fetch_add(1, Ordering::Relaxed),
+            Some(FinishReason::Length) => self.success_length.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        self.e2e.observe(latency.as_secs_f64());
+    }
+
+    pub fn observe_itl(&self, gap: Duration) {
+        self.itl.observe(gap.as_secs_f64());
+    }
+
+    /// One engine step ran `sequences` sequences.
+    pub fn observe_batch(&self, sequences: usize) {
+        self.batch.observe(sequences as f64);
+    }
+
     pub fn queued(&self) {
         self.waiting.fetch_add(1, Ordering::Relaxed);
     }
@@ -65,15 +202,7 @@ impl Metrics {
     }
 
     pub fn observe_ttft(&self, ttft: Duration) {
-        let secs = ttft.as_secs_f64();
-        for (bound, bucket) in TTFT_BUCKETS.iter().zip(&self.ttft_buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.ttft_count.fetch_add(1, Ordering::Relaxed);
-        self.ttft_sum_micros
-            .fetch_add(ttft.as_micros() as u64, Ordering::Relaxed);
+        self.ttft.observe(ttft.as_secs_f64());
     }
 
     /// Requests running now.
@@ -140,23 +269,48 @@ impl Metrics {
                 ),
             ],
         );
-        let name = "vllm:time_to_first_token_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Histogram of time to first token in seconds.\n# TYPE {name} histogram"
+        metric(
+            "vllm:num_preemptions_total",
+            "counter",
+            "Cumulative number of preemptions from the engine.",
+            &plain(get(&self.preemptions).to_string()),
         );
-        for (bound, bucket) in TTFT_BUCKETS.iter().zip(&self.ttft_buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{label},le=\"{bound}\"}} {}",
-                get(bucket)
-            );
-        }
-        let count = get(&self.ttft_count);
-        let _ = writeln!(out, "{name}_bucket{{{label},le=\"+Inf\"}} {count}");
-        let sum = get(&self.ttft_sum_micros) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{label}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{label}}} {count}");
+        metric(
+            "vllm:kv_cache_usage_perc",
+            "gauge",
+            "KV-cache usage. 1 means 100 percent usage.",
+            &plain(self.kv_usage().to_string()),
+        );
+        metric(
+            "wattmesh:requests_rejected_total",
+            "counter",
+            "Requests turned away with 503 because the queue was full.",
+            &plain(get(&self.rejected).to_string()),
+        );
+        self.ttft.render(
+            &mut out,
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            &label,
+        );
+        self.itl.render(
+            &mut out,
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            &label,
+        );
+        self.e2e.render(
+            &mut out,
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of end to end request latency in seconds.",
+            &label,
+        );
+        self.batch.render(
+            &mut out,
+            "wattmesh:batch_sequences",
+            "Histogram of the sequences that shared one engine step.",
+            &label,
+        );
         out
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A [`Replica`] is a cheap, cloneable handle (an `Arc` inside) shared by the HTTP handlers.
 //! It owns the model, its per-replica metrics, and the admission of work: chat generation
-//! goes to the replica's single worker thread ([`crate::generate`]); embeddings run one
+//! goes to the replica's batching worker ([`crate::worker`]); embeddings run one
 //! request at a time on the blocking pool behind a semaphore, so a replica never competes
 //! with itself for the CPU.
 
@@ -18,6 +18,7 @@ use crate::chat::ChatModel;
 use crate::embed::{EmbeddingModel, TokenizedInputs};
 use crate::error::EngineError;
 use crate::metrics::{Metrics, Ticket};
+use crate::options::EngineOptions;
 
 /// A loaded model, ready to serve. Cheap to clone (Arc inside).
 #[derive(Clone)]
@@ -48,11 +49,24 @@ pub(crate) enum Model {
 impl Replica {
     /// Loads a model from its artifact directory: for ModelKind::Chat the directory holds
     /// exactly one `*.gguf` file; for ModelKind::Embedding it holds config.json,
-    /// tokenizer.json, model.safetensors. Blocking (call from spawn_blocking).
+    /// tokenizer.json, model.safetensors. Tuned by the `WATTMESH_*` environment
+    /// ([`EngineOptions::from_env`]). Blocking (call from spawn_blocking).
     pub fn load(served_name: &str, kind: ModelKind, dir: &Path) -> Result<Replica, EngineError> {
+        Self::load_with(served_name, kind, dir, &EngineOptions::from_env()?)
+    }
+
+    /// As [`Self::load`], with explicit options.
+    pub fn load_with(
+        served_name: &str,
+        kind: ModelKind,
+        dir: &Path,
+        options: &EngineOptions,
+    ) -> Result<Replica, EngineError> {
         let metrics = Arc::new(Metrics::default());
         let model = match kind {
-            ModelKind::Chat => Model::Chat(ChatModel::load(served_name, dir, metrics.clone())?),
+            ModelKind::Chat => {
+                Model::Chat(ChatModel::load(served_name, dir, metrics.clone(), options)?)
+            }
             ModelKind::Embedding => Model::Embedding {
                 model: EmbeddingModel::load(dir)?,
                 gate: Semaphore::new(1),

@@ -9,7 +9,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,8 +24,10 @@ use wattmesh_proto::openai::{
 };
 
 use crate::error::EngineError;
+use crate::generate::Priority;
 use crate::replica::Replica;
 use crate::stream::{StreamKind, StreamMeta, collect, sse_response};
+use wattmesh_proto::gateway::PRIORITY_HEADER;
 
 /// The largest request body accepted; larger ones get a 413.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -83,14 +85,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OpenAiJson<T> {
 
 // === handlers ===
 
+/// The scheduling class a request asks for; `normal` when the header is absent.
+fn priority(headers: &HeaderMap) -> Result<Priority, EngineError> {
+    let Some(value) = headers.get(PRIORITY_HEADER) else {
+        return Ok(Priority::default());
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(Priority::parse)
+        .ok_or_else(|| {
+            EngineError::bad_request(format!(
+                "{PRIORITY_HEADER} must be one of high, normal, low"
+            ))
+        })
+}
+
 async fn chat_completions(
     State(replica): State<Replica>,
+    headers: HeaderMap,
     OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, EngineError> {
     replica.check_model(&req.model)?;
     let chat = replica.chat("/v1/chat/completions")?;
+    let priority = priority(&headers)?;
     let prepared = chat.prepare_chat(&req)?;
-    let events = chat.submit(prepared)?;
+    let events = chat.submit(prepared, priority)?;
     let meta = meta(
         &replica,
         "chatcmpl",
@@ -122,12 +142,14 @@ async fn chat_completions(
 
 async fn completions(
     State(replica): State<Replica>,
+    headers: HeaderMap,
     OpenAiJson(req): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, EngineError> {
     replica.check_model(&req.model)?;
     let chat = replica.chat("/v1/completions")?;
+    let priority = priority(&headers)?;
     let prepared = chat.prepare_completion(&req)?;
-    let events = chat.submit(prepared)?;
+    let events = chat.submit(prepared, priority)?;
     let meta = meta(
         &replica,
         "cmpl",

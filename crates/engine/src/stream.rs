@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, stream};
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use wattmesh_proto::openai::{
     ChatCompletionChunk, ChunkChoice, Completion, CompletionChoice, Delta, ErrorKind,
     ErrorResponse, FinishReason, Role, STREAM_DONE, Usage,
@@ -45,7 +45,7 @@ pub enum StreamKind {
 pub fn sse_response(
     kind: StreamKind,
     meta: StreamMeta,
-    events: mpsc::Receiver<GenEvent>,
+    events: mpsc::UnboundedReceiver<GenEvent>,
 ) -> Response {
     let head = match kind {
         StreamKind::Chat => vec![chat_chunk(
@@ -58,8 +58,8 @@ pub fn sse_response(
         )],
         StreamKind::Completion => Vec::new(),
     };
-    let body =
-        ReceiverStream::new(events).flat_map(move |event| stream::iter(render(kind, &meta, event)));
+    let body = UnboundedReceiverStream::new(events)
+        .flat_map(move |event| stream::iter(render(kind, &meta, event)));
     let frames = stream::iter(head).chain(body).map(Ok::<Bytes, Infallible>);
     (
         [
@@ -85,7 +85,7 @@ fn render(kind: StreamKind, meta: &StreamMeta, event: GenEvent) -> Vec<Bytes> {
             )]
         }
         (StreamKind::Completion, GenEvent::Text(text)) => vec![completion_chunk(meta, text, None)],
-        (kind, GenEvent::Done { finish, usage }) => {
+        (kind, GenEvent::Done { finish, usage, .. }) => {
             let mut frames = vec![match kind {
                 StreamKind::Chat => chat_chunk(meta, Delta::default(), Some(finish)),
                 StreamKind::Completion => completion_chunk(meta, String::new(), Some(finish)),
@@ -190,12 +190,14 @@ pub struct Collected {
 }
 
 /// Waits for a generation to end and joins its text.
-pub async fn collect(mut events: mpsc::Receiver<GenEvent>) -> Result<Collected, EngineError> {
+pub async fn collect(
+    mut events: mpsc::UnboundedReceiver<GenEvent>,
+) -> Result<Collected, EngineError> {
     let mut text = String::new();
     while let Some(event) = events.recv().await {
         match event {
             GenEvent::Text(piece) => text.push_str(&piece),
-            GenEvent::Done { finish, usage } => {
+            GenEvent::Done { finish, usage, .. } => {
                 return Ok(Collected {
                     text,
                     finish,

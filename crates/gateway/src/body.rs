@@ -33,6 +33,41 @@ pub async fn read_limited(
     }
 }
 
+/// What the gateway reads from a request body to route it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyFacts {
+    pub model: String,
+    /// The scheduling class for the replica: OpenAI's `service_tier` mapped onto ours
+    /// (`priority` → high, `flex` → low, `auto`/`default`/absent → normal).
+    pub priority: &'static str,
+}
+
+/// The model and scheduling class of a JSON body.
+pub fn facts_of(body: &[u8]) -> Result<BodyFacts, GatewayError> {
+    let model = model_of(body)?;
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let priority = match value.get("service_tier") {
+        None | Some(serde_json::Value::Null) => "normal",
+        Some(serde_json::Value::String(t)) => match t.as_str() {
+            "auto" | "default" => "normal",
+            "priority" => "high",
+            "flex" => "low",
+            other => {
+                return Err(GatewayError::BadRequest(format!(
+                    "Invalid value for 'service_tier': '{other}'. Supported values are: \
+                     'auto', 'default', 'flex' and 'priority'."
+                )));
+            }
+        },
+        Some(_) => {
+            return Err(GatewayError::BadRequest(
+                "'service_tier' must be a string.".into(),
+            ));
+        }
+    };
+    Ok(BodyFacts { model, priority })
+}
+
 /// The model named by a JSON body.
 pub fn model_of(body: &[u8]) -> Result<String, GatewayError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
@@ -55,6 +90,25 @@ pub fn model_of(body: &[u8]) -> Result<String, GatewayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_tiers_map_to_classes() {
+        for (body, want) in [
+            (r#"{"model":"m"}"#, Some("normal")),
+            (r#"{"model":"m","service_tier":null}"#, Some("normal")),
+            (r#"{"model":"m","service_tier":"auto"}"#, Some("normal")),
+            (r#"{"model":"m","service_tier":"priority"}"#, Some("high")),
+            (r#"{"model":"m","service_tier":"flex"}"#, Some("low")),
+            (r#"{"model":"m","service_tier":"turbo"}"#, None),
+            (r#"{"model":"m","service_tier":1}"#, None),
+        ] {
+            assert_eq!(
+                facts_of(body.as_bytes()).ok().map(|f| f.priority),
+                want,
+                "{body}"
+            );
+        }
+    }
 
     #[test]
     fn model_of_bodies() {

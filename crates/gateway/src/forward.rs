@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::{Stream, StreamExt};
-use wattmesh_proto::gateway::ModelRoute;
+use wattmesh_proto::gateway::{ModelRoute, PRIORITY_HEADER};
 
 use crate::GatewayState;
 use crate::auth::Caller;
@@ -23,14 +23,20 @@ const MAX_ATTEMPTS: usize = 2;
 
 /// Response headers relayed from the replica besides the status; the rest (connection
 /// management, lengths) belong to each hop.
-const RELAYED_HEADERS: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::CACHE_CONTROL];
+const RELAYED_HEADERS: [header::HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    header::RETRY_AFTER,
+];
 
-/// Sends `body` to `{endpoint}{path}` of one replica of `route` and relays its answer.
+/// Sends `body` to `{endpoint}{path}` of one replica of `route`, in scheduling class
+/// `priority`, and relays its answer.
 pub async fn forward(
     state: &GatewayState,
     caller: Caller,
     route: &ModelRoute,
     path: &str,
+    priority: &str,
     body: Bytes,
 ) -> Result<Response, GatewayError> {
     let mut tried: Vec<&str> = Vec::new();
@@ -64,6 +70,7 @@ pub async fn forward(
             .http
             .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
+            .header(PRIORITY_HEADER, priority)
             .body(body.clone())
             .send()
             .await;

@@ -16,7 +16,7 @@ use wattmesh_domain::ModelKind;
 use wattmesh_proto::openai::{ModelList, ModelObject};
 
 use crate::auth::{Caller, require_key};
-use crate::body::{model_of, read_limited};
+use crate::body::{BodyFacts, facts_of, read_limited};
 use crate::config::Snapshot;
 use crate::error::GatewayError;
 use crate::forward::forward;
@@ -143,7 +143,7 @@ async fn proxy(
 ) -> Result<Response, GatewayError> {
     let (parts, body): (_, Body) = req.into_parts();
     let body = read_limited(&parts.headers, body, st.max_body_bytes).await?;
-    let model = model_of(&body)?;
+    let BodyFacts { model, priority } = facts_of(&body)?;
     let route = snap
         .models
         .get(&model)
@@ -156,7 +156,7 @@ async fn proxy(
             endpoint.path()
         )));
     }
-    forward(st, caller, route, endpoint.path(), body).await
+    forward(st, caller, route, endpoint.path(), priority, body).await
 }
 
 /// `GET /v1/models`: the models that have routes, in OpenAI's list shape.

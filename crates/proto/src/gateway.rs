@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use wattmesh_domain::ModelKind;
 
+/// The header on which the gateway tells a replica a request's scheduling class
+/// (`high`, `normal` or `low`); the engine schedules FCFS within each class.
+pub const PRIORITY_HEADER: &str = "x-wattmesh-priority";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GatewayConfig {
     pub version: u64,

@@ -4,6 +4,7 @@
 // A test binary: failing loudly on a broken fixture is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod batching;
 mod chat;
 mod common;
 mod embeddings;

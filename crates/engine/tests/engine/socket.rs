@@ -8,15 +8,16 @@ use wattmesh_engine::Replica;
 
 use crate::common::{CHAT_NAME, chat, germany, load_chat};
 
-struct Server {
-    base: String,
+/// A replica served on a loopback port.
+pub struct Server {
+    pub base: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
 }
 
 impl Server {
-    async fn start(replica: Replica) -> Self {
+    pub async fn start(replica: Replica) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -34,12 +35,13 @@ impl Server {
         }
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
     }
 
-    async fn metric(&self, name: &str) -> f64 {
+    /// The value of the first sample whose line starts with `name`.
+    pub async fn metric(&self, name: &str) -> f64 {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))

@@ -1,0 +1,286 @@
+//! `Y = X · Wᵀ` for a quantized weight matrix `W` (rows × cols) and a batch of activation
+//! rows `X` (n × cols), split by weight rows over the current rayon pool.
+//!
+//! Each task takes a band of weight rows and runs every activation row against each of them
+//! in tiles ([`super::dot::TILE`]), so a weight row is read from memory once per call while
+//! the (small) activations stay in cache.
+
+use rayon::prelude::*;
+
+use super::dot::{TILE, XRow, dot_tile};
+use super::quant::{ActFormat, QK, WeightFormat, dequantize_row, quantize_row};
+
+/// A weight matrix in one of our formats, row-major, one GGUF row per output.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl QMatrix {
+    /// Wraps GGUF tensor bytes; errors if the sizes disagree.
+    pub fn new(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, String> {
+        if !cols.is_multiple_of(QK) {
+            return Err(format!("{cols} columns is not a multiple of {QK}"));
+        }
+        let want = rows * cols / QK * format.block_bytes();
+        if data.len() != want {
+            return Err(format!(
+                "{rows}×{cols} {format:?} needs {want} bytes, found {}",
+                data.len()
+            ));
+        }
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Stacks matrices with the same format and width (e.g. Q, K and V) into one, so one
+    /// pass computes all of them; `None` if they differ.
+    pub fn stack(parts: Vec<QMatrix>) -> Option<QMatrix> {
+        let first = parts.first()?;
+        let (format, cols) = (first.format, first.cols);
+        if parts.iter().any(|p| p.format != format || p.cols != cols) {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let data = parts.into_iter().flat_map(|p| p.data).collect();
+        Some(QMatrix {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / QK * self.format.block_bytes()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Row `r` as floats into `out` (`cols` long): an embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.format, self.row(r), out);
+    }
+
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Activation rows quantized for one weight format; reused between calls to avoid
+/// allocating on every step.
+#[derive(Debug, Default)]
+pub struct Activations {
+    format: Option<ActFormat>,
+    n: usize,
+    cols: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+    f: Vec<f32>,
+}
+
+impl Activations {
+    /// Quantizes `x` (n rows of `cols`) for `format`, unless it already holds exactly that.
+    pub fn prepare(&mut self, format: WeightFormat, x: &[f32], cols: usize) {
+        let act = format.activation();
+        let n = x.len() / cols;
+        self.format = Some(act);
+        self.n = n;
+        self.cols = cols;
+        match act {
+            ActFormat::F32 => {
+                self.f.clear();
+                self.f.extend_from_slice(x);
+            }
+            ActFormat::Q8_0 | ActFormat::Q8_1 => {
+                let blocks = cols / QK;
+                self.qs.resize(n * cols, 0);
+                self.d.resize(n * blocks, 0.0);
+                self.s.resize(n * blocks, 0.0);
+                let sums = act == ActFormat::Q8_1;
+                let rows = x
+                    .par_chunks_exact(cols)
+                    .zip(self.qs.par_chunks_exact_mut(cols))
+                    .zip(self.d.par_chunks_exact_mut(blocks))
+                    .zip(self.s.par_chunks_exact_mut(blocks));
+                rows.with_min_len(4)
+                    .for_each(|(((x, qs), d), s)| quantize_row(x, sums, qs, d, s));
+            }
+        }
+    }
+
+    fn row(&self, i: usize) -> XRow<'_> {
+        let blocks = self.cols / QK;
+        let c = self.cols;
+        match self.format {
+            Some(ActFormat::F32) => XRow {
+                qs: &[],
+                d: &[],
+                s: &[],
+                f: &self.f[i * c..(i + 1) * c],
+            },
+            Some(ActFormat::Q8_1) => XRow {
+                qs: &self.qs[i * c..(i + 1) * c],
+                d: &self.d[i * blocks..(i + 1) * blocks],
+                s: &self.s[i * blocks..(i + 1) * blocks],
+                f: &[],
+            },
+            Some(ActFormat::Q8_0) | None => XRow {
+                qs: &self.qs[i * c..(i + 1) * c],
+                d: &self.d[i * blocks..(i + 1) * blocks],
+                s: &[],
+                f: &[],
+            },
+        }
+    }
+}
+
+/// `out = x · wᵀ`: `x` is n rows of `w.cols()`, `out` n rows of `w.rows()`. `acts` and
+/// `transposed` are scratch space kept by the caller.
+pub fn matmul(
+    w: &QMatrix,
+    x: &[f32],
+    out: &mut [f32],
+    acts: &mut Activations,
+    transposed: &mut Vec<f32>,
+) {
+    let n = x.len() / w.cols;
+    debug_assert_eq!(out.len(), n * w.rows);
+    if n == 0 {
+        return;
+    }
+    acts.prepare(w.format, x, w.cols);
+    // Tasks of whole bands of rows; small enough that both threads stay busy, large enough
+    // that scheduling stays cheap next to the arithmetic.
+    let band = (w.rows / (rayon::current_num_threads() * 8)).clamp(8, 256);
+    if n == 1 {
+        out.par_chunks_mut(band)
+            .enumerate()
+            .for_each(|(i, out)| rows_times_batch(w, acts, 1, i * band, out));
+        return;
+    }
+    // Per task the output of a band is (rows of the band) × n; transposed back after.
+    transposed.resize(w.rows * n, 0.0);
+    transposed
+        .par_chunks_mut(band * n)
+        .enumerate()
+        .for_each(|(i, out)| rows_times_batch(w, acts, n, i * band, out));
+    for (r, row) in transposed.chunks_exact(n).enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            out[j * w.rows + r] = *v;
+        }
+    }
+}
+
+/// Fills `out` (consecutive weight rows from `first`, each followed by its `n` results).
+fn rows_times_batch(w: &QMatrix, acts: &Activations, n: usize, first: usize, out: &mut [f32]) {
+    for (k, out) in out.chunks_exact_mut(n).enumerate() {
+        let wr = w.row(first + k);
+        let mut j = 0;
+        while j < n {
+            let left = n - j;
+            let got = if left >= TILE {
+                tile::<TILE>(w.format, wr, acts, j, out)
+            } else if left >= 4 {
+                tile::<4>(w.format, wr, acts, j, out)
+            } else if left >= 2 {
+                tile::<2>(w.format, wr, acts, j, out)
+            } else {
+                tile::<1>(w.format, wr, acts, j, out)
+            };
+            j += got;
+        }
+    }
+}
+
+#[inline]
+fn tile<const T: usize>(
+    format: WeightFormat,
+    wr: &[u8],
+    acts: &Activations,
+    j: usize,
+    out: &mut [f32],
+) -> usize {
+    let rows: [XRow<'_>; T] = std::array::from_fn(|t| acts.row(j + t));
+    let got = dot_tile(format, wr, &rows);
+    out[j..j + T].copy_from_slice(&got);
+    T
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::quant::tests::to_q4_1;
+    use super::*;
+
+    #[test]
+    fn batched_rows_equal_one_at_a_time() {
+        let (rows, cols) = (37, 4 * QK);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 50.0)
+            .collect();
+        let w = QMatrix::new(WeightFormat::Q4_1, rows, cols, to_q4_1(&w)).unwrap();
+        let n = 13;
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 30.0)
+            .collect();
+        let (mut acts, mut tr) = (Activations::default(), Vec::new());
+        let mut batched = vec![0f32; n * rows];
+        matmul(&w, &x, &mut batched, &mut acts, &mut tr);
+        for j in 0..n {
+            let mut one = vec![0f32; rows];
+            matmul(
+                &w,
+                &x[j * cols..(j + 1) * cols],
+                &mut one,
+                &mut acts,
+                &mut tr,
+            );
+            assert_eq!(one, batched[j * rows..(j + 1) * rows], "row {j}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(QMatrix::new(WeightFormat::Q4_1, 2, 33, vec![]).is_err());
+        assert!(QMatrix::new(WeightFormat::Q4_1, 2, 32, vec![0; 39]).is_err());
+        assert!(QMatrix::new(WeightFormat::Q4_1, 2, 32, vec![0; 40]).is_ok());
+    }
+
+    #[test]
+    fn stacking_needs_one_format_and_width() {
+        let a = QMatrix::new(WeightFormat::Q4_1, 1, 32, vec![0; 20]).unwrap();
+        let b = QMatrix::new(WeightFormat::Q8_0, 1, 32, vec![0; 34]).unwrap();
+        assert!(QMatrix::stack(vec![a.clone(), b]).is_none());
+        let s = QMatrix::stack(vec![a.clone(), a]).unwrap();
+        assert_eq!((s.rows(), s.cols()), (2, 32));
+    }
+}
