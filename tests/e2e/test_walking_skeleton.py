@@ -49,6 +49,14 @@ def test_stream_arrives_in_chunks_and_ends_with_usage(fleet):
     assert all(c.usage is None for c in chunks[:-1])
 
 
+def test_service_tiers_are_scheduling_classes(fleet):
+    # The gateway maps OpenAI's service_tier onto the replica's priority classes.
+    for tier in ["priority", "flex", "auto", "default"]:
+        r = client(fleet).chat.completions.create(model=CHAT, messages=GERMANY, temperature=0,
+                                                  max_tokens=4, service_tier=tier)
+        assert r.choices[0].message.content
+
+
 def test_text_completion(fleet):
     r = client(fleet).completions.create(model=CHAT, prompt="The capital of Germany is",
                                          max_tokens=5, temperature=0)
@@ -100,6 +108,8 @@ BAD_INPUTS = [
      {"model": CHAT, "messages": [{"role": "user", "content": LONG_PROMPT}]}, 400),
     ("temperature wrong type", "/chat/completions", None,
      {"model": CHAT, "messages": GERMANY, "temperature": "hot"}, 400),
+    ("unknown service_tier", "/chat/completions", None,
+     {"model": CHAT, "messages": GERMANY, "service_tier": "turbo"}, 400),
     ("unknown model", "/chat/completions", None, {"model": "gpt-9", "messages": GERMANY}, 404),
     ("embeddings on a chat model", "/embeddings", None, {"model": CHAT, "input": "x"}, 400),
     ("empty embedding input", "/embeddings", None, {"model": EMBED, "input": ""}, 400),

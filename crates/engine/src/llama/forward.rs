@@ -246,6 +246,10 @@ impl Attention {
         for h in 0..heads {
             softmax(&mut self.scores[h * n..(h + 1) * n]);
         }
+        // ...and multiplies the f16 values by the probabilities converted to f16.
+        for p in self.scores.iter_mut() {
+            *p = through_f16(*p);
+        }
         out.fill(0.0);
         for b in 0..blocks {
             let (_, v) = kv.block(layer, table, b);

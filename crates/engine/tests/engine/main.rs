@@ -9,4 +9,5 @@ mod chat;
 mod common;
 mod embeddings;
 mod errors;
+mod reference;
 mod socket;
