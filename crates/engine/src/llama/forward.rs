@@ -81,15 +81,7 @@ impl LlamaModel {
                 self.rotate(k, pos);
                 kv.write(l, step.tables[step.seq_of[t]], pos, k, v);
             }
-            let kv_ref: &KvCache = kv;
-            s.attn
-                .par_chunks_mut(qd)
-                .zip(s.qkv.par_chunks(width))
-                .enumerate()
-                .for_each_init(Attention::default, |a, (t, (out, row))| {
-                    let table = step.tables[step.seq_of[t]];
-                    a.attend(self, kv_ref, l, table, step.positions[t], &row[..qd], out);
-                });
+            attention(self, kv, l, step, &s.qkv, width, &mut s.attn);
             layer.attn_output.forward(
                 &s.attn,
                 qd,
@@ -187,85 +179,171 @@ impl LlamaModel {
     }
 }
 
-/// Per-thread buffers of the attention of one token.
-#[derive(Default)]
-struct Attention {
-    q: Vec<f32>,
-    scores: Vec<f32>,
-    keys: Vec<f32>,
-    values: Vec<f32>,
+/// Causal attention for every token of the step, written into `out` (n rows of q_dim).
+///
+/// Work is split by (sequence segment, head): a segment is the run of consecutive tokens of
+/// one sequence in the step, so a prefill chunk converts each cached block once for all its
+/// tokens rather than once per token.
+fn attention(
+    model: &LlamaModel,
+    kv: &KvCache,
+    layer: usize,
+    step: &Step<'_>,
+    qkv: &[f32],
+    width: usize,
+    out: &mut [f32],
+) {
+    let c = &model.config;
+    let (hd, qd) = (c.head_dim, c.q_dim());
+    let mut segments: Vec<(usize, usize)> = Vec::new(); // (first token, tokens)
+    for t in 0..step.tokens.len() {
+        match segments.last_mut() {
+            Some((first, n)) if step.seq_of[*first] == step.seq_of[t] => *n += 1,
+            _ => segments.push((t, 1)),
+        }
+    }
+    let tasks: Vec<(usize, usize)> = (0..segments.len())
+        .flat_map(|s| (0..c.heads).map(move |h| (s, h)))
+        .collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map_init(HeadAttention::default, |a, &(seg, head)| {
+            let (first, n) = segments[seg];
+            let table = step.tables[step.seq_of[first]];
+            let query = |i: usize| &qkv[(first + i) * width + head * hd..][..hd];
+            a.run(model, kv, layer, table, step.positions[first], n, head, query)
+        })
+        .collect();
+    for (&(seg, head), result) in tasks.iter().zip(results) {
+        let (first, n) = segments[seg];
+        for i in 0..n {
+            out[(first + i) * qd + head * hd..][..hd]
+                .copy_from_slice(&result[i * hd..(i + 1) * hd]);
+        }
+    }
 }
 
-impl Attention {
-    /// Causal attention of the token at `pos` over positions `0..=pos` of its sequence.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site, all of them needed"
-    )]
-    fn attend(
+/// Per-thread buffers of the attention of one head over a segment.
+#[derive(Default)]
+struct HeadAttention {
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    block: Vec<f32>,
+    /// The head's values of every position so far, as f32, loaded once per segment.
+    loaded_values: Vec<f32>,
+    /// LANES running sums per output element.
+    sums: Vec<f32>,
+}
+
+/// llama.cpp's attention products (tinyBLAS on AVX2) keep one vector of 8 running sums.
+const LANES: usize = 8;
+
+impl HeadAttention {
+    /// Attention of head `head` for `n` consecutive tokens of one sequence, the first at
+    /// position `start`; token i sees positions `0..=start + i`. Returns n × head_dim.
+    #[expect(clippy::too_many_arguments, reason = "one call site, all of them needed")]
+    fn run<'q>(
         &mut self,
         model: &LlamaModel,
         kv: &KvCache,
         layer: usize,
         table: &[u32],
-        pos: usize,
-        q: &[f32],
-        out: &mut [f32],
-    ) {
+        start: usize,
+        n: usize,
+        head: usize,
+        query: impl Fn(usize) -> &'q [f32],
+    ) -> Vec<f32> {
         let c = &model.config;
-        let (hd, kvd, heads) = (c.head_dim, c.kv_dim(), c.heads);
-        let group = heads / c.kv_heads;
-        let n = pos + 1;
+        let (hd, kvd) = (c.head_dim, c.kv_dim());
+        let offset = (head / (c.heads / c.kv_heads)) * hd;
+        let ctx = start + n;
         let scale = 1.0 / (hd as f32).sqrt();
-        // llama.cpp multiplies an f16 cache by the query converted to f16.
+        // llama.cpp multiplies an f16 cache by the query converted to f16...
         self.q.clear();
-        self.q.extend(q.iter().map(|v| through_f16(*v)));
-        self.scores.resize(heads * n, 0.0);
-        self.keys.resize(BLOCK_TOKENS * kvd, 0.0);
-        self.values.resize(BLOCK_TOKENS * kvd, 0.0);
+        for i in 0..n {
+            self.q.extend(query(i).iter().map(|v| through_f16(*v)));
+        }
+        self.scores.resize(n * ctx, 0.0);
+        self.block.resize(BLOCK_TOKENS * hd, 0.0);
+        let blocks = KvCache::blocks_for(ctx);
 
-        let blocks = KvCache::blocks_for(n);
         for b in 0..blocks {
-            let (k, _) = kv.block(layer, table, b);
-            let used = (n - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-            let k: &[f16] = k[..used * kvd].reinterpret_cast();
-            k.convert_to_f32_slice(&mut self.keys[..used * kvd]);
-            for t in 0..used {
-                let p = b * BLOCK_TOKENS + t;
-                for h in 0..heads {
-                    let key = &self.keys[t * kvd + (h / group) * hd..][..hd];
-                    let dot: f32 = self.q[h * hd..(h + 1) * hd]
-                        .iter()
-                        .zip(key)
-                        .map(|(a, b)| a * b)
-                        .sum();
-                    self.scores[h * n + p] = dot * scale;
+            let used = (ctx - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+            self.load(kv.block(layer, table, b).0, used, kvd, offset, hd);
+            for i in 0..n {
+                let q = &self.q[i * hd..(i + 1) * hd];
+                let visible = (start + i + 1).saturating_sub(b * BLOCK_TOKENS).min(used);
+                for t in 0..visible {
+                    self.scores[i * ctx + b * BLOCK_TOKENS + t] =
+                        dot(q, &self.block[t * hd..(t + 1) * hd]) * scale;
                 }
             }
         }
-        for h in 0..heads {
-            softmax(&mut self.scores[h * n..(h + 1) * n]);
+        for i in 0..n {
+            let row = &mut self.scores[i * ctx..i * ctx + start + i + 1];
+            softmax(row);
+            // ...and multiplies the f16 values by the probabilities converted to f16.
+            for p in row.iter_mut() {
+                *p = through_f16(*p);
+            }
         }
-        // ...and multiplies the f16 values by the probabilities converted to f16.
-        for p in self.scores.iter_mut() {
-            *p = through_f16(*p);
-        }
-        out.fill(0.0);
-        for b in 0..blocks {
-            let (_, v) = kv.block(layer, table, b);
-            let used = (n - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-            let v: &[f16] = v[..used * kvd].reinterpret_cast();
-            v.convert_to_f32_slice(&mut self.values[..used * kvd]);
-            for t in 0..used {
-                let p = b * BLOCK_TOKENS + t;
-                for h in 0..heads {
-                    let w = self.scores[h * n + p];
-                    let value = &self.values[t * kvd + (h / group) * hd..][..hd];
-                    for (o, v) in out[h * hd..(h + 1) * hd].iter_mut().zip(value) {
-                        *o += w * v;
+        // out_i = Σ_p w_ip · v_p, summed in llama.cpp's order: 8 running sums per output
+        // element, position p into sum p mod 8, then reduced as in [`reduce8`].
+        let mut out = vec![0f32; n * hd];
+        self.sums.resize(LANES * hd, 0.0);
+        for i in 0..n {
+            self.sums.fill(0.0);
+            let last = start + i;
+            for b in 0..KvCache::blocks_for(last + 1) {
+                let used = (ctx - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+                if self.loaded_values.len() <= b * BLOCK_TOKENS * hd {
+                    self.load(kv.block(layer, table, b).1, used, kvd, offset, hd);
+                    self.loaded_values.extend_from_slice(&self.block[..used * hd]);
+                }
+                let visible = (last + 1 - b * BLOCK_TOKENS).min(used);
+                for t in 0..visible {
+                    let p = b * BLOCK_TOKENS + t;
+                    let w = self.scores[i * ctx + p];
+                    let v = &self.loaded_values[p * hd..(p + 1) * hd];
+                    let sums = &mut self.sums[(p % LANES) * hd..(p % LANES + 1) * hd];
+                    for (acc, v) in sums.iter_mut().zip(v) {
+                        *acc = v.mul_add(w, *acc);
                     }
                 }
             }
+            for (d, o) in out[i * hd..(i + 1) * hd].iter_mut().enumerate() {
+                *o = reduce8(|lane| self.sums[lane * hd + d]);
+            }
+        }
+        self.loaded_values.clear();
+        out
+    }
+
+    /// Converts one head's slice of the first `used` tokens of a cache block to f32.
+    fn load(&mut self, block: &[u16], used: usize, kvd: usize, offset: usize, hd: usize) {
+        for t in 0..used {
+            let src: &[f16] = block[t * kvd + offset..][..hd].reinterpret_cast();
+            src.convert_to_f32_slice(&mut self.block[t * hd..(t + 1) * hd]);
         }
     }
+}
+
+/// A dot product summed in the order of llama.cpp's attention products on AVX2 (tinyBLAS):
+/// 8 running sums (element i into sum i mod 8, fused multiply-adds), reduced by
+/// [`reduce8`]. The same rounding at every step keeps greedy choices between near-tied
+/// tokens the same as llama.cpp's.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; LANES];
+    for (x, y) in a.chunks(LANES).zip(b.chunks(LANES)) {
+        for ((s, x), y) in sums.iter_mut().zip(x).zip(y) {
+            *s = x.mul_add(*y, *s);
+        }
+    }
+    reduce8(|lane| sums[lane])
+}
+
+/// Reduces 8 running sums as a horizontal vector sum does: the two halves, then pairs.
+fn reduce8(sum: impl Fn(usize) -> f32) -> f32 {
+    let t = [sum(0) + sum(4), sum(1) + sum(5), sum(2) + sum(6), sum(3) + sum(7)];
+    (t[0] + t[2]) + (t[1] + t[3])
 }

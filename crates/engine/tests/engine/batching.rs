@@ -179,7 +179,11 @@ async fn a_client_that_disconnects_frees_its_slot_at_once() {
     let mut chunks = resp.bytes_stream();
     use futures::StreamExt as _;
     chunks.next().await.unwrap().unwrap();
-    assert_eq!(server.metric("vllm:num_requests_running").await, 1.0);
+    // The gauges are published after the step that sent the chunk.
+    while server.metric("vllm:num_requests_running").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(server.metric("vllm:kv_cache_usage_perc").await > 0.0);
     drop(chunks);
     // With one slot, a request sent after the disconnect runs only if the slot was freed;
     // 1500 tokens would take far longer than this whole test.

@@ -8,6 +8,7 @@ mod batching;
 mod chat;
 mod common;
 mod embeddings;
+mod embeddings_reference;
 mod errors;
 mod reference;
 mod socket;
