@@ -211,7 +211,16 @@ fn attention(
             let (first, n) = segments[seg];
             let table = step.tables[step.seq_of[first]];
             let query = |i: usize| &qkv[(first + i) * width + head * hd..][..hd];
-            a.run(model, kv, layer, table, step.positions[first], n, head, query)
+            a.run(
+                model,
+                kv,
+                layer,
+                table,
+                step.positions[first],
+                n,
+                head,
+                query,
+            )
         })
         .collect();
     for (&(seg, head), result) in tasks.iter().zip(results) {
@@ -241,7 +250,10 @@ const LANES: usize = 8;
 impl HeadAttention {
     /// Attention of head `head` for `n` consecutive tokens of one sequence, the first at
     /// position `start`; token i sees positions `0..=start + i`. Returns n × head_dim.
-    #[expect(clippy::too_many_arguments, reason = "one call site, all of them needed")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, all of them needed"
+    )]
     fn run<'q>(
         &mut self,
         model: &LlamaModel,
@@ -298,7 +310,8 @@ impl HeadAttention {
                 let used = (ctx - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
                 if self.loaded_values.len() <= b * BLOCK_TOKENS * hd {
                     self.load(kv.block(layer, table, b).1, used, kvd, offset, hd);
-                    self.loaded_values.extend_from_slice(&self.block[..used * hd]);
+                    self.loaded_values
+                        .extend_from_slice(&self.block[..used * hd]);
                 }
                 let visible = (last + 1 - b * BLOCK_TOKENS).min(used);
                 for t in 0..visible {
@@ -344,6 +357,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Reduces 8 running sums as a horizontal vector sum does: the two halves, then pairs.
 fn reduce8(sum: impl Fn(usize) -> f32) -> f32 {
-    let t = [sum(0) + sum(4), sum(1) + sum(5), sum(2) + sum(6), sum(3) + sum(7)];
+    let t = [
+        sum(0) + sum(4),
+        sum(1) + sum(5),
+        sum(2) + sum(6),
+        sum(3) + sum(7),
+    ];
     (t[0] + t[2]) + (t[1] + t[3])
 }

@@ -3,9 +3,9 @@
 //! was produced by `bench/engine reference` with llama-cpp-python and is committed as data,
 //! so this test needs no llama.cpp. All cases run at once, through the batching worker.
 
+use candle_core::quantized::gguf_file;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use candle_core::quantized::gguf_file;
 use wattmesh_engine::generate::{GenEvent, Priority};
 use wattmesh_engine::llama::{KvCache, LlamaModel, Scratch, SeqCache, Step};
 use wattmesh_engine::template::TemplateMessage;
@@ -39,7 +39,10 @@ struct Message {
 }
 
 fn reference() -> Reference {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/llama_cpp_greedy.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/llama_cpp_greedy.json"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -54,7 +57,12 @@ fn check_model(want: &str) {
         .find(|p| p.extension().is_some_and(|e| e == "gguf"))
         .unwrap();
     let digest = hex::encode(Sha256::digest(std::fs::read(&gguf).unwrap()));
-    assert_eq!(digest, want, "{} is not the GGUF of the reference", gguf.display());
+    assert_eq!(
+        digest,
+        want,
+        "{} is not the GGUF of the reference",
+        gguf.display()
+    );
 }
 
 #[test]
