@@ -5,7 +5,8 @@
 //! (their KV blocks go back to the pool before the next step), asks the [`Scheduler`] for
 //! the next step, runs the forward pass over all of it at once, samples a token for every
 //! sequence that reached the end of its tokens, and streams the text out. Generation is
-//! CPU-bound, so it runs on the replica's own rayon pool and never on the async runtime.
+//! CPU-bound, so it runs on this thread and the replica's compute pool, never on the async
+//! runtime.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use wattmesh_proto::openai::{FinishReason, Usage};
 use crate::detok::{Step as TextStep, TextStream};
 use crate::error::EngineError;
 use crate::generate::{Admission, GenEvent, GenParams, Generator, Request};
+use crate::kernels::SpinPool;
 use crate::llama::{KvCache, LlamaModel, Scratch, Step};
 use crate::metrics::Metrics;
 use crate::options::EngineOptions;
@@ -101,11 +103,7 @@ pub(crate) fn spawn(
         source: e,
     };
     let prefix = name.chars().take(8).collect::<String>();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.threads)
-        .thread_name(move |i| format!("{prefix}-{i}"))
-        .build()
-        .map_err(|e| EngineError::Artifact(format!("compute threads: {e}")))?;
+    let pool = Arc::new(SpinPool::new(options.threads, &prefix).map_err(thread_error)?);
     let admission = Arc::new(Admission::default());
     let (requests, rx) = std_mpsc::channel::<Request>();
     let worker = Worker {
@@ -119,12 +117,12 @@ pub(crate) fn spawn(
         eos,
         metrics: metrics.clone(),
         admission: admission.clone(),
-        scratch: Scratch::default(),
+        scratch: Scratch::new(pool),
         step: StepBuffers::default(),
     };
     std::thread::Builder::new()
         .name(format!("gen-{name}"))
-        .spawn(move || pool.install(move || worker.run(rx)))
+        .spawn(move || worker.run(rx))
         .map_err(thread_error)?;
     tracing::info!(
         model = name,

@@ -1,13 +1,14 @@
 //! `Y = X · Wᵀ` for a quantized weight matrix `W` (rows × cols) and a batch of activation
-//! rows `X` (n × cols), split by weight rows over the current rayon pool.
+//! rows `X` (n × cols), split by weight rows over the replica's [`SpinPool`].
 //!
 //! Each task takes a band of weight rows and runs every activation row against each of them
 //! in tiles ([`super::dot::TILE`]), so a weight row is read from memory once per call while
 //! the (small) activations stay in cache.
 
-use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 use super::dot::{TILE, XRow, dot_tile};
+use super::pool::SpinPool;
 use super::quant::{ActFormat, QK, WeightFormat, dequantize_row, quantize_row};
 
 /// A weight matrix in one of our formats, row-major, one GGUF row per output.
@@ -95,6 +96,12 @@ impl QMatrix {
     }
 }
 
+/// One activation row's values, scales and sums, handed to one task.
+type RowParts<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [f32]);
+
+/// Below this many rows, activations are quantized on the calling thread.
+const PARALLEL_QUANTIZE_ROWS: usize = 32;
+
 /// Activation rows quantized for one weight format; reused between calls to avoid
 /// allocating on every step.
 #[derive(Debug, Default)]
@@ -110,7 +117,7 @@ pub struct Activations {
 
 impl Activations {
     /// Quantizes `x` (n rows of `cols`) for `format`, unless it already holds exactly that.
-    pub fn prepare(&mut self, format: WeightFormat, x: &[f32], cols: usize) {
+    pub fn prepare(&mut self, pool: &SpinPool, format: WeightFormat, x: &[f32], cols: usize) {
         let act = format.activation();
         let n = x.len() / cols;
         self.format = Some(act);
@@ -127,13 +134,28 @@ impl Activations {
                 self.d.resize(n * blocks, 0.0);
                 self.s.resize(n * blocks, 0.0);
                 let sums = act == ActFormat::Q8_1;
-                let rows = x
-                    .par_chunks_exact(cols)
-                    .zip(self.qs.par_chunks_exact_mut(cols))
-                    .zip(self.d.par_chunks_exact_mut(blocks))
-                    .zip(self.s.par_chunks_exact_mut(blocks));
-                rows.with_min_len(4)
-                    .for_each(|(((x, qs), d), s)| quantize_row(x, sums, qs, d, s));
+                // A few rows take a microsecond; threads would cost more than they save.
+                if n < PARALLEL_QUANTIZE_ROWS {
+                    x.chunks_exact(cols)
+                        .zip(self.qs.chunks_exact_mut(cols))
+                        .zip(self.d.chunks_exact_mut(blocks))
+                        .zip(self.s.chunks_exact_mut(blocks))
+                        .for_each(|(((x, qs), d), s)| quantize_row(x, sums, qs, d, s));
+                } else {
+                    let rows: Vec<Mutex<RowParts<'_>>> = self
+                        .qs
+                        .chunks_exact_mut(cols)
+                        .zip(self.d.chunks_exact_mut(blocks))
+                        .zip(self.s.chunks_exact_mut(blocks))
+                        .map(|((qs, d), s)| Mutex::new((qs, d, s)))
+                        .collect();
+                    pool.run(n, &|i| {
+                        if let Ok(mut row) = rows[i].lock() {
+                            let (qs, d, s) = &mut *row;
+                            quantize_row(&x[i * cols..(i + 1) * cols], sums, qs, d, s);
+                        }
+                    });
+                }
             }
         }
     }
@@ -164,62 +186,97 @@ impl Activations {
     }
 }
 
-/// `out = x · wᵀ`: `x` is n rows of `w.cols()`, `out` n rows of `w.rows()`. `acts` and
-/// `transposed` are scratch space kept by the caller.
-pub fn matmul(
-    w: &QMatrix,
-    x: &[f32],
-    out: &mut [f32],
-    acts: &mut Activations,
-    transposed: &mut Vec<f32>,
-) {
+/// What a matrix product needs besides its operands: the threads, and buffers kept from
+/// call to call so a step allocates nothing.
+#[derive(Debug)]
+pub struct Workspace {
+    pub pool: Arc<SpinPool>,
+    acts: Activations,
+    transposed: Vec<f32>,
+}
+
+impl Workspace {
+    pub fn new(pool: Arc<SpinPool>) -> Self {
+        Self {
+            pool,
+            acts: Activations::default(),
+            transposed: Vec::new(),
+        }
+    }
+}
+
+/// `out = x · wᵀ`: `x` is n rows of `w.cols()`, `out` n rows of `w.rows()`.
+pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32], ws: &mut Workspace) {
     let n = x.len() / w.cols;
     debug_assert_eq!(out.len(), n * w.rows);
     if n == 0 {
         return;
     }
-    acts.prepare(w.format, x, w.cols);
+    let Workspace {
+        pool,
+        acts,
+        transposed,
+    } = ws;
+    acts.prepare(pool, w.format, x, w.cols);
+    let acts = &*acts;
     // Tasks of whole bands of rows; small enough that both threads stay busy, large enough
     // that scheduling stays cheap next to the arithmetic.
-    let band = (w.rows / (rayon::current_num_threads() * 8)).clamp(8, 256);
-    if n == 1 {
-        out.par_chunks_mut(band)
-            .enumerate()
-            .for_each(|(i, out)| rows_times_batch(w, acts, 1, i * band, out));
-        return;
-    }
-    // Per task the output of a band is (rows of the band) × n; transposed back after.
-    transposed.resize(w.rows * n, 0.0);
-    transposed
-        .par_chunks_mut(band * n)
-        .enumerate()
-        .for_each(|(i, out)| rows_times_batch(w, acts, n, i * band, out));
-    for (r, row) in transposed.chunks_exact(n).enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            out[j * w.rows + r] = *v;
+    let band = (w.rows / (pool.threads() * 8)).clamp(8, 256);
+    let target: &mut [f32] = if n == 1 {
+        out
+    } else {
+        // Per task the output of a band is (rows of the band) × n; transposed back after.
+        transposed.resize(w.rows * n, 0.0);
+        transposed
+    };
+    let bands: Vec<Mutex<&mut [f32]>> = target.chunks_mut(band * n).map(Mutex::new).collect();
+    pool.run(bands.len(), &|i| {
+        if let Ok(mut out) = bands[i].lock() {
+            rows_times_batch(w, acts, n, i * band, &mut out);
+        }
+    });
+    drop(bands);
+    if n > 1 {
+        for (r, row) in transposed.chunks_exact(n).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                out[j * w.rows + r] = *v;
+            }
         }
     }
 }
 
 /// Fills `out` (consecutive weight rows from `first`, each followed by its `n` results).
+///
+/// The activations are taken a chunk at a time, a chunk small enough to stay in L1 while
+/// every weight row of the band passes over it.
 fn rows_times_batch(w: &QMatrix, acts: &Activations, n: usize, first: usize, out: &mut [f32]) {
-    for (k, out) in out.chunks_exact_mut(n).enumerate() {
-        let wr = w.row(first + k);
-        let mut j = 0;
-        while j < n {
-            let left = n - j;
-            let got = if left >= TILE {
-                tile::<TILE>(w.format, wr, acts, j, out)
-            } else if left >= 4 {
-                tile::<4>(w.format, wr, acts, j, out)
-            } else if left >= 2 {
-                tile::<2>(w.format, wr, acts, j, out)
-            } else {
-                tile::<1>(w.format, wr, acts, j, out)
-            };
-            j += got;
+    let chunk = activation_chunk(w.cols);
+    let mut j0 = 0;
+    while j0 < n {
+        let j1 = (j0 + chunk).min(n);
+        for (k, out) in out.chunks_exact_mut(n).enumerate() {
+            let wr = w.row(first + k);
+            let mut j = j0;
+            while j < j1 {
+                let left = j1 - j;
+                j += if left >= TILE {
+                    tile::<TILE>(w.format, wr, acts, j, out)
+                } else if left >= 4 {
+                    tile::<4>(w.format, wr, acts, j, out)
+                } else if left >= 2 {
+                    tile::<2>(w.format, wr, acts, j, out)
+                } else {
+                    tile::<1>(w.format, wr, acts, j, out)
+                };
+            }
         }
+        j0 = j1;
     }
+}
+
+/// Activation rows per chunk: about 16 KiB of int8 values, a whole number of tiles.
+fn activation_chunk(cols: usize) -> usize {
+    ((16 << 10) / cols.max(1) / TILE).max(1) * TILE
 }
 
 #[inline]
@@ -252,18 +309,12 @@ mod tests {
         let x: Vec<f32> = (0..n * cols)
             .map(|i| ((i * 17 % 89) as f32 - 44.0) / 30.0)
             .collect();
-        let (mut acts, mut tr) = (Activations::default(), Vec::new());
+        let mut ws = Workspace::new(Arc::new(SpinPool::new(2, "test").unwrap()));
         let mut batched = vec![0f32; n * rows];
-        matmul(&w, &x, &mut batched, &mut acts, &mut tr);
+        matmul(&w, &x, &mut batched, &mut ws);
         for j in 0..n {
             let mut one = vec![0f32; rows];
-            matmul(
-                &w,
-                &x[j * cols..(j + 1) * cols],
-                &mut one,
-                &mut acts,
-                &mut tr,
-            );
+            matmul(&w, &x[j * cols..(j + 1) * cols], &mut one, &mut ws);
             assert_eq!(one, batched[j * rows..(j + 1) * rows], "row {j}");
         }
     }

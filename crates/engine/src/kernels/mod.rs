@@ -9,14 +9,17 @@
 //! - [`quant`]: block layouts, activation quantization, dequantization.
 //! - [`dot`]: one weight row against up to [`dot::TILE`] activation rows; portable code, and
 //!   AVX2 code where the build enables it (candle likewise selects at compile time).
-//! - [`matmul`]: `Y = X · Wᵀ` over a thread pool, every weight row read once per step for
-//!   the whole batch.
+//! - [`matmul`]: `Y = X · Wᵀ` over the thread pool, every weight row read once per step
+//!   for the whole batch.
+//! - [`pool`]: the compute threads of a replica, spinning between the regions of a step.
 //! - [`ops`]: RMS norm, rotary embeddings, SiLU gating, softmax.
 
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 pub mod quant;
 
-pub use matmul::{Activations, QMatrix};
+pub use matmul::{Activations, QMatrix, Workspace};
+pub use pool::SpinPool;
 pub use quant::WeightFormat;

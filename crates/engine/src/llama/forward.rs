@@ -7,13 +7,14 @@
 
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 use super::kv::{BLOCK_TOKENS, KvCache};
 use super::weights::{LlamaModel, ProjectionScratch};
 use crate::error::EngineError;
 use crate::kernels::ops::{add_assign, rms_norm, silu_mul, softmax};
 use crate::kernels::quant::through_f16;
+use crate::kernels::{SpinPool, Workspace};
 
 /// The tokens of one step.
 #[derive(Debug, Clone, Copy)]
@@ -29,8 +30,8 @@ pub struct Step<'a> {
     pub logit_rows: &'a [usize],
 }
 
-/// Buffers reused from step to step.
-#[derive(Debug, Default)]
+/// Buffers reused from step to step, and the threads a step runs on.
+#[derive(Debug)]
 pub struct Scratch {
     x: Vec<f32>,
     h: Vec<f32>,
@@ -42,6 +43,23 @@ pub struct Scratch {
     last: Vec<f32>,
     logits: Vec<f32>,
     proj: ProjectionScratch,
+}
+
+impl Scratch {
+    pub fn new(pool: Arc<SpinPool>) -> Self {
+        Self {
+            x: Vec::new(),
+            h: Vec::new(),
+            qkv: Vec::new(),
+            attn: Vec::new(),
+            o: Vec::new(),
+            gate_up: Vec::new(),
+            act: Vec::new(),
+            last: Vec::new(),
+            logits: Vec::new(),
+            proj: ProjectionScratch::new(Workspace::new(pool)),
+        }
+    }
 }
 
 impl LlamaModel {
@@ -81,14 +99,11 @@ impl LlamaModel {
                 self.rotate(k, pos);
                 kv.write(l, step.tables[step.seq_of[t]], pos, k, v);
             }
-            attention(self, kv, l, step, &s.qkv, width, &mut s.attn);
-            layer.attn_output.forward(
-                &s.attn,
-                qd,
-                &mut s.o,
-                &mut s.proj.acts,
-                &mut s.proj.transposed,
-            )?;
+            let pool = &s.proj.ws.pool;
+            attention(pool, self, kv, l, step, &s.qkv, width, &mut s.attn);
+            layer
+                .attn_output
+                .forward(&s.attn, qd, &mut s.o, &mut s.proj.ws)?;
             add_assign(&mut s.x, &s.o);
 
             rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.h);
@@ -105,13 +120,7 @@ impl LlamaModel {
                 silu_mul(gate, up);
                 act.copy_from_slice(gate);
             }
-            layer.down.forward(
-                &s.act,
-                ffn,
-                &mut s.o,
-                &mut s.proj.acts,
-                &mut s.proj.transposed,
-            )?;
+            layer.down.forward(&s.act, ffn, &mut s.o, &mut s.proj.ws)?;
             add_assign(&mut s.x, &s.o);
         }
 
@@ -126,13 +135,8 @@ impl LlamaModel {
             );
         }
         s.logits.resize(rows * self.vocab, 0.0);
-        self.output.forward(
-            &s.last,
-            dim,
-            &mut s.logits,
-            &mut s.proj.acts,
-            &mut s.proj.transposed,
-        )?;
+        self.output
+            .forward(&s.last, dim, &mut s.logits, &mut s.proj.ws)?;
         Ok(&s.logits)
     }
 
@@ -179,12 +183,20 @@ impl LlamaModel {
     }
 }
 
+/// Below this many (query, key) pairs over all heads, attention runs on the calling thread.
+const PARALLEL_ATTENTION_WORK: usize = 16 * 1024;
+
 /// Causal attention for every token of the step, written into `out` (n rows of q_dim).
 ///
 /// Work is split by (sequence segment, head): a segment is the run of consecutive tokens of
 /// one sequence in the step, so a prefill chunk converts each cached block once for all its
 /// tokens rather than once per token.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, all of them needed"
+)]
 fn attention(
+    pool: &SpinPool,
     model: &LlamaModel,
     kv: &KvCache,
     layer: usize,
@@ -205,24 +217,42 @@ fn attention(
     let tasks: Vec<(usize, usize)> = (0..segments.len())
         .flat_map(|s| (0..c.heads).map(move |h| (s, h)))
         .collect();
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map_init(HeadAttention::default, |a, &(seg, head)| {
-            let (first, n) = segments[seg];
-            let table = step.tables[step.seq_of[first]];
-            let query = |i: usize| &qkv[(first + i) * width + head * hd..][..hd];
-            a.run(
-                model,
-                kv,
-                layer,
-                table,
-                step.positions[first],
-                n,
-                head,
-                query,
-            )
-        })
-        .collect();
+    let one = |a: &mut HeadAttention, &(seg, head): &(usize, usize)| {
+        let (first, n) = segments[seg];
+        let table = step.tables[step.seq_of[first]];
+        let query = |i: usize| &qkv[(first + i) * width + head * hd..][..hd];
+        a.run(
+            model,
+            kv,
+            layer,
+            table,
+            step.positions[first],
+            n,
+            head,
+            query,
+        )
+    };
+    // Work ≈ query tokens × positions they see; small steps are not worth the threads.
+    let work: usize = segments
+        .iter()
+        .map(|&(first, n)| n * (step.positions[first] + n))
+        .sum();
+    let results: Vec<Vec<f32>> = if work * c.heads < PARALLEL_ATTENTION_WORK {
+        let mut a = HeadAttention::default();
+        tasks.iter().map(|t| one(&mut a, t)).collect()
+    } else {
+        let slots: Vec<Mutex<Vec<f32>>> = tasks.iter().map(|_| Mutex::new(Vec::new())).collect();
+        pool.run(tasks.len(), &|i| {
+            let result = one(&mut HeadAttention::default(), &tasks[i]);
+            if let Ok(mut slot) = slots[i].lock() {
+                *slot = result;
+            }
+        });
+        slots
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_default())
+            .collect()
+    };
     for (&(seg, head), result) in tasks.iter().zip(results) {
         let (first, n) = segments[seg];
         for i in 0..n {

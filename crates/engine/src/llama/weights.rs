@@ -13,7 +13,7 @@ use candle_core::{Device, Module, Tensor};
 
 use super::config::Config;
 use crate::error::EngineError;
-use crate::kernels::matmul::{Activations, matmul};
+use crate::kernels::matmul::{Workspace, matmul};
 use crate::kernels::ops::Rope;
 use crate::kernels::{QMatrix, WeightFormat};
 
@@ -37,12 +37,11 @@ impl Linear {
         x: &[f32],
         cols: usize,
         out: &mut [f32],
-        acts: &mut Activations,
-        transposed: &mut Vec<f32>,
+        ws: &mut Workspace,
     ) -> Result<(), EngineError> {
         match self {
             Linear::Own(m) => {
-                matmul(m, x, out, acts, transposed);
+                matmul(m, x, out, ws);
                 Ok(())
             }
             Linear::Candle { matmul, .. } => {
@@ -97,20 +96,14 @@ impl Projection {
         scratch: &mut ProjectionScratch,
     ) -> Result<(), EngineError> {
         if let [only] = self.parts.as_slice() {
-            return only.forward(x, cols, out, &mut scratch.acts, &mut scratch.transposed);
+            return only.forward(x, cols, out, &mut scratch.ws);
         }
         let n = x.len() / cols;
         let total = self.width();
         let mut offset = 0;
         for (part, &w) in self.parts.iter().zip(&self.widths) {
             scratch.part.resize(n * w, 0.0);
-            part.forward(
-                x,
-                cols,
-                &mut scratch.part,
-                &mut scratch.acts,
-                &mut scratch.transposed,
-            )?;
+            part.forward(x, cols, &mut scratch.part, &mut scratch.ws)?;
             for (row, src) in scratch.part.chunks_exact(w).enumerate() {
                 out[row * total + offset..row * total + offset + w].copy_from_slice(src);
             }
@@ -121,11 +114,19 @@ impl Projection {
 }
 
 /// Buffers a projection reuses between calls.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProjectionScratch {
-    pub acts: Activations,
-    pub transposed: Vec<f32>,
+    pub ws: Workspace,
     part: Vec<f32>,
+}
+
+impl ProjectionScratch {
+    pub fn new(ws: Workspace) -> Self {
+        Self {
+            ws,
+            part: Vec::new(),
+        }
+    }
 }
 
 /// One transformer block.

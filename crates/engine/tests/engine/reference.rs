@@ -7,6 +7,7 @@ use candle_core::quantized::gguf_file;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use wattmesh_engine::generate::{GenEvent, Priority};
+use wattmesh_engine::kernels::SpinPool;
 use wattmesh_engine::llama::{KvCache, LlamaModel, Scratch, SeqCache, Step};
 use wattmesh_engine::template::TemplateMessage;
 use wattmesh_proto::openai::{CompletionRequest, FinishReason, Prompt};
@@ -104,7 +105,8 @@ struct Comparison {
 /// Greedy decoding straight on the forward pass, comparing every step with the reference.
 fn compare_directly(model: &LlamaModel, case: &Case, max_tokens: usize) -> Comparison {
     let mut kv = KvCache::new(30, 192, 64 << 20);
-    let mut scratch = Scratch::default();
+    let pool = std::sync::Arc::new(SpinPool::new(2, "test").unwrap());
+    let mut scratch = Scratch::new(pool);
     let mut seq = SeqCache::default();
     let mut ids = case.prompt_ids.clone();
     let (mut done, mut ours, mut gap) = (0, Vec::new(), None);
