@@ -150,16 +150,20 @@ mod avx2 {
         let mut offsets = [0f32; T];
         let mut out = [0f32; T];
         // SAFETY: block b of `w` is bytes [b·20, b·20 + 20) < w.len(); the 32 int8 of
-        // activation block b are [b·32, b·32 + 32) < qs.len() (checked above). Loads are
-        // unaligned. AVX2 and FMA are enabled for the whole build (cfg on the module).
+        // activation block b are [b·32, b·32 + 32) < qs.len(), and b < d.len(), s.len()
+        // (checked above). Loads are unaligned. AVX2, FMA and F16C are enabled for the whole
+        // build (cfg on the module).
         unsafe {
             let mut acc = [_mm256_setzero_ps(); T];
             let low = _mm_set1_epi8(0x0F);
             let ones = _mm256_set1_epi16(1);
             for b in 0..blocks {
-                let block = &w[b * bb..(b + 1) * bb];
-                let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-                let packed = _mm_loadu_si128(block.as_ptr().add(4).cast());
+                let block = w.as_ptr().add(b * bb);
+                // d and m, two f16 side by side, converted by one instruction.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(block.cast::<i32>().read_unaligned()));
+                let d = _mm_cvtss_f32(dm);
+                let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+                let packed = _mm_loadu_si128(block.add(4).cast());
                 let lo = _mm_and_si128(packed, low);
                 let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
                 let wq = _mm256_set_m128i(hi, lo);
@@ -168,11 +172,11 @@ mod avx2 {
                     let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK).cast());
                     let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones);
                     acc[t] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(d * x.d[b]),
+                        _mm256_set1_ps(d * *x.d.get_unchecked(b)),
                         _mm256_cvtepi32_ps(pairs),
                         acc[t],
                     );
-                    offsets[t] += m * x.s[b];
+                    offsets[t] += m * *x.s.get_unchecked(b);
                 }
             }
             for t in 0..T {
@@ -187,15 +191,18 @@ mod avx2 {
         let blocks = w.len() / bb;
         check(xs, blocks, false);
         let mut out = [0f32; T];
-        // SAFETY: as in q4_1: block b of `w` is [b·34, b·34 + 34) and activation block b is
-        // [b·32, b·32 + 32), both in bounds; AVX2 and FMA are enabled for the whole build.
+        // SAFETY: as in q4_1: block b of `w` is [b·34, b·34 + 34), activation block b is
+        // [b·32, b·32 + 32) and b < d.len(), all in bounds; AVX2, FMA and F16C are enabled for
+        // the whole build.
         unsafe {
             let mut acc = [_mm256_setzero_ps(); T];
             let ones = _mm256_set1_epi16(1);
             for b in 0..blocks {
-                let block = &w[b * bb..(b + 1) * bb];
-                let d = f16_at(block, 0);
-                let wq = _mm256_loadu_si256(block.as_ptr().add(2).cast());
+                let block = w.as_ptr().add(b * bb);
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                    block.cast::<u16>().read_unaligned(),
+                ))));
+                let wq = _mm256_loadu_si256(block.add(2).cast());
                 // maddubs multiplies unsigned by signed: move w's sign onto x.
                 let wabs = _mm256_sign_epi8(wq, wq);
                 for t in 0..T {
@@ -204,7 +211,7 @@ mod avx2 {
                     let signed = _mm256_sign_epi8(xq, wq);
                     let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed), ones);
                     acc[t] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(d * x.d[b]),
+                        _mm256_set1_ps(d * *x.d.get_unchecked(b)),
                         _mm256_cvtepi32_ps(pairs),
                         acc[t],
                     );
