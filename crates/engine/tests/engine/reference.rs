@@ -31,6 +31,8 @@ struct Case {
     prompt: String,
     prompt_ids: Vec<u32>,
     output_ids: Vec<u32>,
+    /// llama.cpp's own top-1 minus top-2 logit at each step.
+    logit_margins: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -88,11 +90,13 @@ fn prompts_render_and_tokenize_as_llama_cpp_does() {
     }
 }
 
-/// Two implementations of the same f16/f32 arithmetic in different orders differ in the
-/// logits by a few hundredths, and by more after many tokens: where llama.cpp's token scores
-/// within this much of ours, the two are tied within rounding and the comparison of that case
-/// stops there (candle, a third implementation, splits the same way on these cases).
+/// Two implementations of the same f16/f32 arithmetic (llama.cpp approximates `exp` in its
+/// softmax and SiLU, for one) differ in the logits by a few hundredths, more after many
+/// tokens. A case may part from llama.cpp only at a near tie on both sides: llama.cpp's own
+/// top two within [`NEAR_TIE_THEIRS`], and its token within [`NEAR_TIE`] of ours. The
+/// comparison of that case stops there; any other difference fails.
 const NEAR_TIE: f32 = 0.5;
+const NEAR_TIE_THEIRS: f32 = 0.25;
 
 /// How one case compares: tokens equal until `equal`, then (if not all) the logit gap
 /// between our token and llama.cpp's at the first difference.
@@ -173,15 +177,25 @@ async fn greedy_tokens_equal_llama_cpp_token_for_token() {
             && (c.ours.len() == max || c.ours.len() == c.equal + 1);
         if !complete {
             let gap = c.gap.unwrap_or(f32::INFINITY);
+            let theirs = case
+                .logit_margins
+                .get(c.equal)
+                .copied()
+                .unwrap_or(f32::INFINITY);
             report.push(format!(
-                "{}: equal for {} of {} tokens, then ours {:?} vs llama.cpp {:?}, {gap:.3} logits apart",
+                "{}: equal for {} of {} tokens, then ours {:?} vs llama.cpp {:?}: {gap:.3} \
+                 logits apart in ours, llama.cpp's own top two {theirs:.3} apart",
                 case.name,
                 c.equal,
                 case.output_ids.len(),
                 c.ours.get(c.equal),
                 case.output_ids.get(c.equal),
             ));
-            assert!(gap < NEAR_TIE, "{}", report.join("\n"));
+            assert!(
+                gap < NEAR_TIE && theirs < NEAR_TIE_THEIRS,
+                "{}",
+                report.join("\n")
+            );
         }
         direct.push(c.ours);
     }
