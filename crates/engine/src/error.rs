@@ -21,6 +21,9 @@ pub enum EngineError {
     /// A model artifact is present but not what the engine expects.
     #[error("bad model artifact: {0}")]
     Artifact(String),
+    /// A tuning option (a `WATTMESH_*` variable) has a value the engine cannot use.
+    #[error("invalid engine option: {0}")]
+    Option(String),
     /// candle failed while loading or running the model.
     #[error("model error: {0}")]
     Model(#[from] candle_core::Error),
@@ -91,6 +94,7 @@ impl EngineError {
             EngineError::Unavailable | EngineError::Overloaded { .. } => ErrorKind::Unavailable,
             EngineError::Io { .. }
             | EngineError::Artifact(_)
+            | EngineError::Option(_)
             | EngineError::Model(_)
             | EngineError::Generation(_)
             | EngineError::Tokenizer(_) => ErrorKind::Internal,

@@ -45,7 +45,7 @@ impl EngineOptions {
         let read = |key: &'static str, into: &mut usize, scale: usize| -> Result<(), EngineError> {
             if let Some(v) = get(key) {
                 let n: usize = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    EngineError::Artifact(format!("{key}={v:?} is not a positive integer"))
+                    EngineError::Option(format!("{key}={v:?} is not a positive integer"))
                 })?;
                 *into = n.saturating_mul(scale);
             }
