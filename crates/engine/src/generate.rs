@@ -1,6 +1,6 @@
 //! A generation request as the engine sees it: validated sampling parameters, the events a
 //! request streams back, and the handle that queues requests on a replica's batching
-//! worker ([`crate::worker`]) — or turns them away when the queue is full.
+//! worker (`worker`) — or turns them away when the queue is full.
 //!
 //! Token accounting: `completion_tokens` counts every token the model sampled, including the
 //! end-of-generation token that ended it, as llama.cpp and vLLM count them; so

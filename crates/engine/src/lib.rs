@@ -11,7 +11,7 @@
 //! - [`tokenizer`]: the byte-level BPE rebuilt from GGUF metadata (llama.cpp's ids).
 //! - [`template`]: chat templates with minijinja.
 //! - [`generate`]: validated sampling parameters, request events, the queueing handle.
-//! - [`worker`]: the batching worker thread that owns a chat model and its KV cache.
+//! - `worker`: the batching worker thread that owns a chat model and its KV cache.
 //! - [`scheduler`]: continuous batching policy: admission, decode-first, chunked prefill.
 //! - [`llama`]: our batched forward pass for llama-family GGUF models, paged KV cache.
 //! - [`kernels`]: quantized dot products (AVX2), batched mat-mul, layer ops.

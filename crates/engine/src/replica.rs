@@ -2,7 +2,7 @@
 //!
 //! A [`Replica`] is a cheap, cloneable handle (an `Arc` inside) shared by the HTTP handlers.
 //! It owns the model, its per-replica metrics, and the admission of work: chat generation
-//! goes to the replica's batching worker ([`crate::worker`]); embeddings run one
+//! goes to the replica's batching worker (`worker`); embeddings run one
 //! request at a time on the blocking pool behind a semaphore, so a replica never competes
 //! with itself for the CPU.
 

@@ -3,7 +3,7 @@
 //!
 //! A general-purpose pool puts idle threads to sleep within microseconds, and waking one
 //! costs about as much as the work it would do, so a decode step ran mostly on one core
-//! (measured: BENCHMARKS.md). Here idle workers keep polling for [`SPIN`] before they park,
+//! (measured: BENCHMARKS.md). Here idle workers keep polling for `SPIN` before they park,
 //! which covers the gaps between the regions of a step; between steps they park. Polling
 //! yields the core after a few pauses, so an oversubscribed machine (several replicas on two
 //! cores under `wattmesh up`) degrades gracefully instead of spinning against itself.
