@@ -61,12 +61,6 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Observations at or below `bound` (which must be one of the bucket bounds).
-    pub fn count_le(&self, bound: f64) -> Option<u64> {
-        let i = self.bounds.iter().position(|b| *b == bound)?;
-        Some(self.buckets[i].load(Ordering::Relaxed))
-    }
-
     fn render(&self, out: &mut String, name: &str, help: &str, label: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {

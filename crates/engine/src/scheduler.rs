@@ -31,8 +31,6 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
-
     /// Parses a class name; OpenAI's `service_tier` names map onto the same classes.
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
@@ -40,14 +38,6 @@ impl Priority {
             "normal" | "default" | "auto" => Some(Priority::Normal),
             "low" | "flex" | "batch" => Some(Priority::Low),
             _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
         }
     }
 }

@@ -89,11 +89,6 @@ impl QMatrix {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         dequantize_row(self.format, self.row(r), out);
     }
-
-    /// Bytes held.
-    pub fn size_bytes(&self) -> usize {
-        self.data.len()
-    }
 }
 
 /// One activation row's values, scales and sums, handed to one task.
@@ -107,7 +102,6 @@ const PARALLEL_QUANTIZE_ROWS: usize = 32;
 #[derive(Debug, Default)]
 pub struct Activations {
     format: Option<ActFormat>,
-    n: usize,
     cols: usize,
     qs: Vec<i8>,
     d: Vec<f32>,
@@ -116,12 +110,11 @@ pub struct Activations {
 }
 
 impl Activations {
-    /// Quantizes `x` (n rows of `cols`) for `format`, unless it already holds exactly that.
+    /// Quantizes `x` (n rows of `cols`) for `format`, reusing the buffers.
     pub fn prepare(&mut self, pool: &SpinPool, format: WeightFormat, x: &[f32], cols: usize) {
         let act = format.activation();
         let n = x.len() / cols;
         self.format = Some(act);
-        self.n = n;
         self.cols = cols;
         match act {
             ActFormat::F32 => {

@@ -50,8 +50,8 @@ fn reference() -> Reference {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The reference was made on exactly the GGUF the tests load.
-fn check_model(want: &str) {
+/// The test model's GGUF, checked to be exactly the one the reference was made on.
+fn checked_gguf(want: &str) -> std::path::PathBuf {
     let dir = model_dir(CHAT_NAME);
     let gguf = std::fs::read_dir(&dir)
         .unwrap()
@@ -66,6 +66,7 @@ fn check_model(want: &str) {
         "{} is not the GGUF of the reference",
         gguf.display()
     );
+    gguf
 }
 
 #[test]
@@ -153,14 +154,7 @@ static REFERENCE: std::sync::LazyLock<Reference> = std::sync::LazyLock::new(refe
 #[tokio::test]
 async fn greedy_tokens_equal_llama_cpp_token_for_token() {
     let reference = &*REFERENCE;
-    check_model(&reference.model_sha256);
-    let dir = model_dir(CHAT_NAME);
-    let path = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .unwrap();
+    let path = checked_gguf(&reference.model_sha256);
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let model = LlamaModel::from_gguf(&content, &mut file, 2048).unwrap();
