@@ -37,18 +37,31 @@ pub fn dot_tile<const T: usize>(format: WeightFormat, w: &[u8], xs: &[XRow<'_>; 
     }
 }
 
+/// `out[r] = ws[r] · x` for `R` weight rows and one activation row: the mat-vec of a lone
+/// stream. Each row's arithmetic is exactly that of [`dot_tile`] with a tile of one, so a
+/// stream's logits do not depend on whether it decodes alone or in a batch; taking several
+/// rows per pass shares the activation loads and overlaps the rows' dependency chains.
+#[inline]
+pub fn dot_rows<const R: usize>(format: WeightFormat, ws: [&[u8]; R], x: &XRow<'_>) -> [f32; R] {
+    match format {
+        WeightFormat::Q4_1 => q4_1_rows(ws, x),
+        WeightFormat::Q8_0 => q8_0_rows(ws, x),
+        WeightFormat::F32 => ws.map(|w| portable::f32_rows(w, &[*x])[0]),
+    }
+}
+
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 ))]
-use avx2::{q4_1, q8_0};
+use avx2::{q4_1, q4_1_rows, q8_0, q8_0_rows};
 #[cfg(not(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 )))]
-use portable::{q4_1, q8_0};
+use portable::{q4_1, q4_1_rows, q8_0, q8_0_rows};
 
 /// Plain loops: the reference, and the kernels of builds without AVX2.
 pub mod portable {
@@ -86,6 +99,14 @@ pub mod portable {
             }
         }
         out
+    }
+
+    pub fn q4_1_rows<const R: usize>(ws: [&[u8]; R], x: &XRow<'_>) -> [f32; R] {
+        ws.map(|w| q4_1(w, &[*x])[0])
+    }
+
+    pub fn q8_0_rows<const R: usize>(ws: [&[u8]; R], x: &XRow<'_>) -> [f32; R] {
+        ws.map(|w| q8_0(w, &[*x])[0])
     }
 
     pub fn f32_rows<const T: usize>(w: &[u8], xs: &[XRow<'_>; T]) -> [f32; T] {
@@ -181,6 +202,90 @@ mod avx2 {
             }
             for t in 0..T {
                 out[t] = hsum(acc[t]) + offsets[t];
+            }
+        }
+        out
+    }
+
+    /// [`q4_1`] with a tile of one, for `R` weight rows at once (the same operations per
+    /// row, so the same results).
+    pub fn q4_1_rows<const R: usize>(ws: [&[u8]; R], x: &XRow<'_>) -> [f32; R] {
+        let bb = WeightFormat::Q4_1.block_bytes();
+        let blocks = ws[0].len() / bb;
+        assert!(
+            ws.iter().all(|w| w.len() == blocks * bb),
+            "weight rows differ in length"
+        );
+        check(&[*x], blocks, true);
+        let mut out = [0f32; R];
+        // SAFETY: as in `q4_1`; every weight row holds `blocks` blocks (asserted above).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            // Lane 1 holds the row's Σ m·s; lane 0 collects nothing of use.
+            let mut offsets = [_mm_setzero_ps(); R];
+            let low = _mm256_set1_epi8(0x0F);
+            // The nibbles' low halves are values 0..16 of the block, the high halves 16..32:
+            // shift only the upper 128-bit lane of the broadcast bytes.
+            let shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+            let ones = _mm256_set1_epi16(1);
+            for b in 0..blocks {
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK).cast());
+                let xds = _mm_setr_ps(*x.d.get_unchecked(b), *x.s.get_unchecked(b), 0.0, 0.0);
+                for r in 0..R {
+                    let block = ws[r].as_ptr().add(b * bb);
+                    // [d, m] · [x.d, x.s]: the two products `q4_1` takes as scalars.
+                    let dm = _mm_cvtph_ps(_mm_loadu_si32(block));
+                    let scaled = _mm_mul_ps(dm, xds);
+                    let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
+                    let wq = _mm256_and_si256(_mm256_srlv_epi32(packed, shift), low);
+                    let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones);
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_broadcastss_ps(scaled),
+                        _mm256_cvtepi32_ps(pairs),
+                        acc[r],
+                    );
+                    offsets[r] = _mm_add_ps(offsets[r], scaled);
+                }
+            }
+            for r in 0..R {
+                out[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[r]));
+            }
+        }
+        out
+    }
+
+    /// [`q8_0`] with a tile of one, for `R` weight rows at once.
+    pub fn q8_0_rows<const R: usize>(ws: [&[u8]; R], x: &XRow<'_>) -> [f32; R] {
+        let bb = WeightFormat::Q8_0.block_bytes();
+        let blocks = ws[0].len() / bb;
+        assert!(
+            ws.iter().all(|w| w.len() == blocks * bb),
+            "weight rows differ in length"
+        );
+        check(&[*x], blocks, false);
+        let mut out = [0f32; R];
+        // SAFETY: as in `q8_0`; every weight row holds `blocks` blocks (asserted above).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let ones = _mm256_set1_epi16(1);
+            for b in 0..blocks {
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK).cast());
+                let xd = *x.d.get_unchecked(b);
+                for r in 0..R {
+                    let block = ws[r].as_ptr().add(b * bb);
+                    let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                        block.cast::<u16>().read_unaligned(),
+                    ))));
+                    let wq = _mm256_loadu_si256(block.add(2).cast());
+                    let wabs = _mm256_sign_epi8(wq, wq);
+                    let signed = _mm256_sign_epi8(xq, wq);
+                    let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed), ones);
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * xd), _mm256_cvtepi32_ps(pairs), acc[r]);
+                }
+            }
+            for r in 0..R {
+                out[r] = hsum(acc[r]);
             }
         }
         out
@@ -283,8 +388,21 @@ mod tests {
                 WeightFormat::Q8_0 => (portable::q8_0(&bytes, &rows), ()),
                 WeightFormat::F32 => (portable::f32_rows(&bytes, &rows), ()),
             };
+            let other: Vec<u8> = bytes.iter().rev().copied().collect();
+            let other = match format {
+                WeightFormat::F32 => bytes.clone(),
+                _ => other.iter().map(|b| b & 0x3b).collect(),
+            };
             for t in 0..TILE {
                 let one = dot_tile(format, &bytes, &[rows[t]])[0];
+                let pair = dot_rows(format, [&bytes, &other], &rows[t]);
+                assert_eq!(pair[0].to_bits(), one.to_bits(), "{format:?}: rows vs tile");
+                let other_one = dot_tile(format, &other, &[rows[t]])[0];
+                assert_eq!(
+                    pair[1].to_bits(),
+                    other_one.to_bits(),
+                    "{format:?}: second row"
+                );
                 assert_eq!(one.to_bits(), tile[t].to_bits(), "{format:?}: tile vs one");
                 let want = exact(&inputs[t]);
                 let scale = want.abs().max(1.0) * tolerance;

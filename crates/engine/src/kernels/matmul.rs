@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::dot::{TILE, XRow, dot_tile};
+use super::dot::{TILE, XRow, dot_rows, dot_tile};
 use super::pool::SpinPool;
 use super::quant::{ActFormat, QK, WeightFormat, dequantize_row, quantize_row};
 
@@ -243,6 +243,9 @@ pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32], ws: &mut Workspace) {
 /// The activations are taken a chunk at a time, a chunk small enough to stay in L1 while
 /// every weight row of the band passes over it.
 fn rows_times_batch(w: &QMatrix, acts: &Activations, n: usize, first: usize, out: &mut [f32]) {
+    if n == 1 {
+        return rows_times_one(w, &acts.row(0), first, out);
+    }
     let chunk = activation_chunk(w.cols);
     let mut j0 = 0;
     while j0 < n {
@@ -266,6 +269,28 @@ fn rows_times_batch(w: &QMatrix, acts: &Activations, n: usize, first: usize, out
         j0 = j1;
     }
 }
+
+/// [`rows_times_batch`] for a lone activation row: weight rows go [`ROWS`] at a time.
+fn rows_times_one(w: &QMatrix, x: &XRow<'_>, first: usize, out: &mut [f32]) {
+    let mut groups = out.chunks_exact_mut(ROWS);
+    let mut r = first;
+    for out in &mut groups {
+        let got = dot_rows(
+            w.format,
+            std::array::from_fn::<_, ROWS, _>(|i| w.row(r + i)),
+            x,
+        );
+        out.copy_from_slice(&got);
+        r += ROWS;
+    }
+    for out in groups.into_remainder() {
+        *out = dot_rows(w.format, [w.row(r)], x)[0];
+        r += 1;
+    }
+}
+
+/// Weight rows per pass in a mat-vec.
+const ROWS: usize = 2;
 
 /// Activation rows per chunk: about 16 KiB of int8 values, a whole number of tiles.
 fn activation_chunk(cols: usize) -> usize {

@@ -43,6 +43,9 @@ struct Shared {
     busy: AtomicUsize,
     panicked: AtomicBool,
     stop: AtomicBool,
+    /// Workers waiting on `wake`; a job wakes them only if there are any, since a notify
+    /// is a system call and most jobs find every worker still polling.
+    parked: AtomicUsize,
     park: Mutex<()>,
     wake: Condvar,
 }
@@ -74,6 +77,7 @@ impl SpinPool {
             busy: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            parked: AtomicUsize::new(0),
             park: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -123,8 +127,12 @@ impl SpinPool {
         s.tasks.store(tasks, Ordering::Relaxed);
         s.next.store(0, Ordering::Relaxed);
         s.busy.store(self.workers.len(), Ordering::Relaxed);
-        s.generation.fetch_add(1, Ordering::Release);
-        if let Ok(_guard) = s.park.lock() {
+        // SeqCst here and in the worker's parking: either the worker sees the new
+        // generation before it waits, or this sees it parked and wakes it.
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.parked.load(Ordering::SeqCst) > 0
+            && let Ok(_guard) = s.park.lock()
+        {
             s.wake.notify_all();
         }
         let finish = Finish { pool: self };
@@ -195,11 +203,14 @@ fn worker(s: &Shared) {
                 break;
             }
             if spins.is_multiple_of(64) && started.elapsed() > SPIN {
-                if let Ok(guard) = s.park.lock()
-                    && s.generation.load(Ordering::Acquire) == seen
-                    && !s.stop.load(Ordering::Acquire)
-                {
-                    let _ = s.wake.wait_timeout(guard, Duration::from_millis(100));
+                if let Ok(guard) = s.park.lock() {
+                    s.parked.fetch_add(1, Ordering::SeqCst);
+                    if s.generation.load(Ordering::SeqCst) == seen
+                        && !s.stop.load(Ordering::Acquire)
+                    {
+                        let _ = s.wake.wait_timeout(guard, Duration::from_millis(100));
+                    }
+                    s.parked.fetch_sub(1, Ordering::SeqCst);
                 }
             } else {
                 relax(&mut spins);
