@@ -1,7 +1,8 @@
 //! Decode speed of one greedy stream, to compare with llama.cpp (≈ 75 tokens/s on 2 threads
 //! for SmolLM2-135M Q4_1 on the reference machine). A measurement, not a test.
 //!
-//! `cargo run -p wattmesh-engine --example decode_speed [-- <models dir>] [tokens]`
+//! `cargo run -p wattmesh-engine --example decode_speed [-- <models dir>] [tokens]`; `REPEAT=40`
+//! repeats the prompt 40 times (≈ 520 tokens) to time a long prefill.
 
 use std::time::Instant;
 
@@ -20,11 +21,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .join("../../target/test-data/models")
         });
     let tokens: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(128);
+    let repeat: usize = std::env::var("REPEAT").map_or(Ok(1), |v| v.parse())?;
+    let prompt = "Once upon a time, in a small village by the sea,".repeat(repeat);
     let replica = Replica::load("smol", ModelKind::Chat, &dir.join("smollm2-135m-instruct"))?;
     let chat = replica.chat("bench")?;
     let req = CompletionRequest {
         model: "smol".into(),
-        prompt: Prompt::Text("Once upon a time, in a small village by the sea,".into()),
+        prompt: Prompt::Text(prompt.clone()),
         max_tokens: Some(tokens),
         temperature: Some(0.0),
         top_p: None,

@@ -50,18 +50,30 @@ pub fn dot_rows<const R: usize>(format: WeightFormat, ws: [&[u8]; R], x: &XRow<'
     }
 }
 
+/// Eight running sums of `a[i]·b[i]`, element i into sum i mod 8 by fused multiply-add: the
+/// order of llama.cpp's f32 products on AVX2. `a` and `b` are equally long.
+pub fn lane_sums(a: &[f32], b: &[f32]) -> [f32; 8] {
+    let (a8, a_rest) = a.as_chunks::<8>();
+    let (b8, b_rest) = b.as_chunks::<8>();
+    let mut sums = lane_sums_of_chunks(a8, b8);
+    for ((s, x), y) in sums.iter_mut().zip(a_rest).zip(b_rest) {
+        *s = x.mul_add(*y, *s);
+    }
+    sums
+}
+
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 ))]
-use avx2::{q4_1, q4_1_rows, q8_0, q8_0_rows};
+use avx2::{lane_sums_of_chunks, q4_1, q4_1_rows, q8_0, q8_0_rows};
 #[cfg(not(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 )))]
-use portable::{q4_1, q4_1_rows, q8_0, q8_0_rows};
+use portable::{lane_sums_of_chunks, q4_1, q4_1_rows, q8_0, q8_0_rows};
 
 /// Plain loops: the reference, and the kernels of builds without AVX2.
 pub mod portable {
@@ -103,6 +115,16 @@ pub mod portable {
 
     pub fn q4_1_rows<const R: usize>(ws: [&[u8]; R], x: &XRow<'_>) -> [f32; R] {
         ws.map(|w| q4_1(w, &[*x])[0])
+    }
+
+    pub fn lane_sums_of_chunks(a: &[[f32; 8]], b: &[[f32; 8]]) -> [f32; 8] {
+        let mut sums = [0f32; 8];
+        for (x, y) in a.iter().zip(b) {
+            for lane in 0..8 {
+                sums[lane] = x[lane].mul_add(y[lane], sums[lane]);
+            }
+        }
+        sums
     }
 
     pub fn q8_0_rows<const R: usize>(ws: [&[u8]; R], x: &XRow<'_>) -> [f32; R] {
@@ -205,6 +227,26 @@ mod avx2 {
             }
         }
         out
+    }
+
+    /// One 256-bit multiply-add per chunk (the compiler split the portable loop into
+    /// 128-bit halves).
+    pub fn lane_sums_of_chunks(a: &[[f32; 8]], b: &[[f32; 8]]) -> [f32; 8] {
+        let mut sums = [0f32; 8];
+        // SAFETY: every load reads one whole `[f32; 8]` of `a` or `b`; AVX and FMA are
+        // enabled for the whole build.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in a.iter().zip(b) {
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(x.as_ptr()),
+                    _mm256_loadu_ps(y.as_ptr()),
+                    acc,
+                );
+            }
+            _mm256_storeu_ps(sums.as_mut_ptr(), acc);
+        }
+        sums
     }
 
     /// [`q4_1`] with a tile of one, for `R` weight rows at once (the same operations per
@@ -418,6 +460,18 @@ mod tests {
                     portable[t]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn lane_sums_match_the_portable_order() {
+        for len in [0, 5, 8, 64, 70] {
+            let (a, b) = (wave(len, 3), wave(len, 4));
+            let mut want = [0f32; 8];
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                want[i % 8] = x.mul_add(*y, want[i % 8]);
+            }
+            assert_eq!(lane_sums(&a, &b).map(f32::to_bits), want.map(f32::to_bits));
         }
     }
 

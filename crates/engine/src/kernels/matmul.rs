@@ -246,27 +246,30 @@ fn rows_times_batch(w: &QMatrix, acts: &Activations, n: usize, first: usize, out
     if n == 1 {
         return rows_times_one(w, &acts.row(0), first, out);
     }
+    let xs: Vec<XRow<'_>> = (0..n).map(|j| acts.row(j)).collect();
     let chunk = activation_chunk(w.cols);
-    let mut j0 = 0;
-    while j0 < n {
-        let j1 = (j0 + chunk).min(n);
+    for (j0, chunk) in xs.chunks(chunk).enumerate().map(|(c, x)| (c * chunk, x)) {
         for (k, out) in out.chunks_exact_mut(n).enumerate() {
             let wr = w.row(first + k);
-            let mut j = j0;
-            while j < j1 {
-                let left = j1 - j;
-                j += if left >= TILE {
-                    tile::<TILE>(w.format, wr, acts, j, out)
-                } else if left >= 4 {
-                    tile::<4>(w.format, wr, acts, j, out)
+            let out = &mut out[j0..j0 + chunk.len()];
+            let (tiles, rest) = chunk.as_chunks::<TILE>();
+            let (outs, out_rest) = out.as_chunks_mut::<TILE>();
+            for (x, o) in tiles.iter().zip(outs) {
+                *o = dot_tile(w.format, wr, x);
+            }
+            // The last few rows, in tiles of 4, 2 and 1.
+            let mut j = 0;
+            while j < rest.len() {
+                let left = rest.len() - j;
+                j += if left >= 4 {
+                    tail::<4>(w.format, wr, &rest[j..], &mut out_rest[j..])
                 } else if left >= 2 {
-                    tile::<2>(w.format, wr, acts, j, out)
+                    tail::<2>(w.format, wr, &rest[j..], &mut out_rest[j..])
                 } else {
-                    tile::<1>(w.format, wr, acts, j, out)
+                    tail::<1>(w.format, wr, &rest[j..], &mut out_rest[j..])
                 };
             }
         }
-        j0 = j1;
     }
 }
 
@@ -297,17 +300,16 @@ fn activation_chunk(cols: usize) -> usize {
     ((16 << 10) / cols.max(1) / TILE).max(1) * TILE
 }
 
+/// The first `T` rows of `xs` against weight row `wr`, into `out`; returns `T`.
 #[inline]
-fn tile<const T: usize>(
+fn tail<const T: usize>(
     format: WeightFormat,
     wr: &[u8],
-    acts: &Activations,
-    j: usize,
+    xs: &[XRow<'_>],
     out: &mut [f32],
 ) -> usize {
-    let rows: [XRow<'_>; T] = std::array::from_fn(|t| acts.row(j + t));
-    let got = dot_tile(format, wr, &rows);
-    out[j..j + T].copy_from_slice(&got);
+    let rows: [XRow<'_>; T] = std::array::from_fn(|t| xs[t]);
+    out[..T].copy_from_slice(&dot_tile(format, wr, &rows));
     T
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use super::kv::{BLOCK_TOKENS, KvCache};
 use super::weights::{LlamaModel, ProjectionScratch};
 use crate::error::EngineError;
+use crate::kernels::dot::lane_sums;
 use crate::kernels::ops::{add_assign, rms_norm, silu_mul, softmax};
 use crate::kernels::quant::through_f16;
 use crate::kernels::{SpinPool, Workspace};
@@ -379,12 +380,7 @@ impl HeadAttention {
 /// [`reduce8`]. The same rounding at every step keeps greedy choices between near-tied
 /// tokens the same as llama.cpp's.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0f32; LANES];
-    for (x, y) in a.chunks(LANES).zip(b.chunks(LANES)) {
-        for ((s, x), y) in sums.iter_mut().zip(x).zip(y) {
-            *s = x.mul_add(*y, *s);
-        }
-    }
+    let sums = lane_sums(a, b);
     reduce8(|lane| sums[lane])
 }
 
