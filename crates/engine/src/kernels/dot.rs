@@ -23,6 +23,9 @@ pub struct XRow<'a> {
     pub d: &'a [f32],
     /// Block `scale·Σq` (Q8_1 only).
     pub s: &'a [f32],
+    /// `d` and `s` interleaved, block by block (Q8_1 only): the AVX2 kernels load a
+    /// block's pair with one instruction.
+    pub ds: &'a [f32],
     /// Plain values (F32 weights only).
     pub f: &'a [f32],
 }
@@ -180,50 +183,66 @@ mod avx2 {
     fn check<const T: usize>(xs: &[XRow<'_>; T], blocks: usize, sums: bool) {
         for x in xs {
             assert!(
-                x.qs.len() >= blocks * QK && x.d.len() >= blocks && (!sums || x.s.len() >= blocks),
+                x.qs.len() >= blocks * QK
+                    && x.d.len() >= blocks
+                    && (!sums || (x.s.len() >= blocks && x.ds.len() >= 2 * blocks)),
                 "activation row shorter than the weight row"
             );
         }
     }
 
+    /// The weight block's nibbles, unpacked to 32 bytes: the low halves are values 0..16,
+    /// the high halves 16..32, so only the upper 128-bit lane of the broadcast is shifted.
+    ///
+    /// # Safety
+    /// `block` points at a whole Q4_1 block.
+    #[inline]
+    unsafe fn q4_1_nibbles(block: *const u8) -> __m256i {
+        // SAFETY: the 16 nibble bytes follow the 4 scale bytes (caller's contract).
+        unsafe {
+            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
+            let shifted = _mm256_srlv_epi32(packed, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+            _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
+        }
+    }
+
+    /// Q4_1 × Q8_1 for a tile of activation rows. Per block and row, `[d, m]·[x.d, x.s]` is
+    /// one vector product: lane 0 scales the integer dot product, lane 1 (`m·s`) is summed
+    /// into the row's offset; the same products and sums the portable loop makes.
     pub fn q4_1<const T: usize>(w: &[u8], xs: &[XRow<'_>; T]) -> [f32; T] {
         let bb = WeightFormat::Q4_1.block_bytes();
         let blocks = w.len() / bb;
         check(xs, blocks, true);
-        let mut offsets = [0f32; T];
         let mut out = [0f32; T];
         // SAFETY: block b of `w` is bytes [b·20, b·20 + 20) < w.len(); the 32 int8 of
-        // activation block b are [b·32, b·32 + 32) < qs.len(), and b < d.len(), s.len()
+        // activation block b are [b·32, b·32 + 32) < qs.len(), and 2b + 1 < ds.len()
         // (checked above). Loads are unaligned. AVX2, FMA and F16C are enabled for the whole
         // build (cfg on the module).
         unsafe {
             let mut acc = [_mm256_setzero_ps(); T];
-            let low = _mm_set1_epi8(0x0F);
+            // Lane 1 holds the row's Σ m·s; lane 0 collects nothing of use.
+            let mut offsets = [_mm_setzero_ps(); T];
             let ones = _mm256_set1_epi16(1);
             for b in 0..blocks {
                 let block = w.as_ptr().add(b * bb);
-                // d and m, two f16 side by side, converted by one instruction.
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(block.cast::<i32>().read_unaligned()));
-                let d = _mm_cvtss_f32(dm);
-                let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                let packed = _mm_loadu_si128(block.add(4).cast());
-                let lo = _mm_and_si128(packed, low);
-                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                let wq = _mm256_set_m128i(hi, lo);
+                let dm = _mm_cvtph_ps(_mm_loadu_si32(block));
+                let wq = q4_1_nibbles(block);
                 for t in 0..T {
                     let x = &xs[t];
                     let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK).cast());
                     let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones);
+                    let xds = _mm_castpd_ps(_mm_load_sd(x.ds.as_ptr().add(2 * b).cast()));
+                    let scaled = _mm_mul_ps(dm, xds);
                     acc[t] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(d * *x.d.get_unchecked(b)),
+                        _mm256_broadcastss_ps(scaled),
                         _mm256_cvtepi32_ps(pairs),
                         acc[t],
                     );
-                    offsets[t] += m * *x.s.get_unchecked(b);
+                    offsets[t] = _mm_add_ps(offsets[t], scaled);
                 }
             }
             for t in 0..T {
-                out[t] = hsum(acc[t]) + offsets[t];
+                out[t] = hsum(acc[t]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[t]));
             }
         }
         out
@@ -263,23 +282,15 @@ mod avx2 {
         // SAFETY: as in `q4_1`; every weight row holds `blocks` blocks (asserted above).
         unsafe {
             let mut acc = [_mm256_setzero_ps(); R];
-            // Lane 1 holds the row's Σ m·s; lane 0 collects nothing of use.
             let mut offsets = [_mm_setzero_ps(); R];
-            let low = _mm256_set1_epi8(0x0F);
-            // The nibbles' low halves are values 0..16 of the block, the high halves 16..32:
-            // shift only the upper 128-bit lane of the broadcast bytes.
-            let shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
             let ones = _mm256_set1_epi16(1);
             for b in 0..blocks {
                 let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK).cast());
-                let xds = _mm_setr_ps(*x.d.get_unchecked(b), *x.s.get_unchecked(b), 0.0, 0.0);
+                let xds = _mm_castpd_ps(_mm_load_sd(x.ds.as_ptr().add(2 * b).cast()));
                 for r in 0..R {
                     let block = ws[r].as_ptr().add(b * bb);
-                    // [d, m] · [x.d, x.s]: the two products `q4_1` takes as scalars.
-                    let dm = _mm_cvtph_ps(_mm_loadu_si32(block));
-                    let scaled = _mm_mul_ps(dm, xds);
-                    let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block.add(4).cast()));
-                    let wq = _mm256_and_si256(_mm256_srlv_epi32(packed, shift), low);
+                    let scaled = _mm_mul_ps(_mm_cvtph_ps(_mm_loadu_si32(block)), xds);
+                    let wq = q4_1_nibbles(block);
                     let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xq), ones);
                     acc[r] = _mm256_fmadd_ps(
                         _mm256_broadcastss_ps(scaled),
@@ -382,6 +393,7 @@ mod tests {
         qs: Vec<i8>,
         d: Vec<f32>,
         s: Vec<f32>,
+        ds: Vec<f32>,
         f: Vec<f32>,
     }
 
@@ -390,9 +402,11 @@ mod tests {
             qs: vec![0; x.len()],
             d: vec![0.0; x.len() / QK],
             s: vec![0.0; x.len() / QK],
+            ds: Vec::new(),
             f: x.to_vec(),
         };
         quantize_row(x, true, &mut q.qs, &mut q.d, &mut q.s);
+        q.ds = q.d.iter().zip(&q.s).flat_map(|(d, s)| [*d, *s]).collect();
         q
     }
 
@@ -401,6 +415,7 @@ mod tests {
             qs: &q.qs,
             d: &q.d,
             s: &q.s,
+            ds: &q.ds,
             f: &q.f,
         }
     }

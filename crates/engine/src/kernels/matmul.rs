@@ -106,6 +106,8 @@ pub struct Activations {
     qs: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// `d` and `s` interleaved (Q8_1), see [`XRow::ds`].
+    ds: Vec<f32>,
     f: Vec<f32>,
 }
 
@@ -149,6 +151,11 @@ impl Activations {
                         }
                     });
                 }
+                self.ds.clear();
+                if sums {
+                    let pairs = self.d.iter().zip(&self.s).flat_map(|(d, s)| [*d, *s]);
+                    self.ds.extend(pairs);
+                }
             }
         }
     }
@@ -161,18 +168,21 @@ impl Activations {
                 qs: &[],
                 d: &[],
                 s: &[],
+                ds: &[],
                 f: &self.f[i * c..(i + 1) * c],
             },
             Some(ActFormat::Q8_1) => XRow {
                 qs: &self.qs[i * c..(i + 1) * c],
                 d: &self.d[i * blocks..(i + 1) * blocks],
                 s: &self.s[i * blocks..(i + 1) * blocks],
+                ds: &self.ds[2 * i * blocks..2 * (i + 1) * blocks],
                 f: &[],
             },
             Some(ActFormat::Q8_0) | None => XRow {
                 qs: &self.qs[i * c..(i + 1) * c],
                 d: &self.d[i * blocks..(i + 1) * blocks],
                 s: &[],
+                ds: &[],
                 f: &[],
             },
         }
