@@ -111,6 +111,8 @@ impl ChatModel {
             })
             .collect();
         let prompt = self.template.render(&messages)?;
+        // No BOS added: the template writes it if the model wants one, as with
+        // llama-cpp-python's chat handler (see `GgufTokenizer::prompt_bos`).
         let tokens = self.tokenizer.encode(&prompt)?;
         let sampling = SamplingRequest {
             temperature: req.temperature,
@@ -134,9 +136,9 @@ impl ChatModel {
         }
         let one = || EngineError::invalid("prompt", "exactly one prompt per request is supported");
         let tokens = match &req.prompt {
-            Prompt::Text(t) => self.tokenizer.encode(t)?,
+            Prompt::Text(t) => self.encode_text_prompt(t)?,
             Prompt::Texts(ts) => match ts.as_slice() {
-                [t] => self.tokenizer.encode(t)?,
+                [t] => self.encode_text_prompt(t)?,
                 _ => return Err(one()),
             },
             Prompt::Tokens(ids) => ids.clone(),
@@ -167,6 +169,14 @@ impl ChatModel {
             Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
         )?;
         Ok(PreparedPrompt { tokens, params })
+    }
+
+    /// A text completion prompt: BOS first when the vocab asks for it, as llama-cpp-python
+    /// and llama-server do (see [`GgufTokenizer::prompt_bos`]; chat prompts get none).
+    fn encode_text_prompt(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let mut tokens: Vec<u32> = self.tokenizer.prompt_bos().into_iter().collect();
+        tokens.extend(self.tokenizer.encode(text)?);
+        Ok(tokens)
     }
 
     /// Queues a prepared prompt on the replica's batching worker in `priority`'s class.

@@ -8,7 +8,8 @@
 //! - [`server`]: routes, OpenAI request parsing, the graceful serve loop.
 //! - [`stream`]: OpenAI server-sent-event chunks, and collecting non-streamed answers.
 //! - [`chat`]: the GGUF chat model: load, chat/completion requests → token prompts.
-//! - [`tokenizer`]: the byte-level BPE rebuilt from GGUF metadata (llama.cpp's ids).
+//! - [`tokenizer`]: the GGUF's tokenizer rebuilt from its metadata (byte-level BPE with
+//!   llama.cpp's pre-tokenizers, SentencePiece), giving llama.cpp's ids.
 //! - [`template`]: chat templates with minijinja.
 //! - [`generate`]: validated sampling parameters, request events, the queueing handle.
 //! - `worker`: the batching worker thread that owns a chat model and its KV cache.

@@ -35,6 +35,27 @@ pub fn model_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// `$WATTMESH_TEST_VOCABS`, or `<workspace>/target/test-data/vocab`: llama.cpp's vocab-only
+/// GGUFs with their test inputs and ids, extracted by `scripts/fetch-vocabs`.
+pub fn vocabs_dir() -> PathBuf {
+    match std::env::var_os("WATTMESH_TEST_VOCABS") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-data/vocab"),
+    }
+}
+
+/// One file of the vocab test data; a missing file fails the test, never skips it.
+pub fn vocab_file(name: &str) -> PathBuf {
+    let path = vocabs_dir().join(name);
+    assert!(
+        path.is_file(),
+        "llama.cpp vocab test file {name} is missing at {}: run ./scripts/fetch-vocabs \
+         (./scripts/test runs it) and set WATTMESH_TEST_VOCABS to its output directory",
+        path.display()
+    );
+    path
+}
+
 pub fn load_chat() -> Replica {
     Replica::load(CHAT_NAME, ModelKind::Chat, &model_dir(CHAT_NAME)).expect("load chat model")
 }

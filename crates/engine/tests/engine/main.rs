@@ -6,9 +6,11 @@
 
 mod batching;
 mod chat;
+mod chat_templates;
 mod common;
 mod embeddings;
 mod embeddings_reference;
 mod errors;
 mod reference;
 mod socket;
+mod tokenizer_vocab;
