@@ -221,7 +221,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32], ws: &mut Workspace) {
         transposed,
     } = ws;
     acts.prepare(pool, w.format, x, w.cols);
-    let acts = &*acts;
+    let xs: Vec<XRow<'_>> = (0..n).map(|j| acts.row(j)).collect();
     // Tasks of whole bands of rows; small enough that both threads stay busy, large enough
     // that scheduling stays cheap next to the arithmetic.
     let band = (w.rows / (pool.threads() * 8)).clamp(8, 256);
@@ -235,7 +235,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32], ws: &mut Workspace) {
     let bands: Vec<Mutex<&mut [f32]>> = target.chunks_mut(band * n).map(Mutex::new).collect();
     pool.run(bands.len(), &|i| {
         if let Ok(mut out) = bands[i].lock() {
-            rows_times_batch(w, acts, n, i * band, &mut out);
+            rows_times_batch(w, &xs, i * band, &mut out);
         }
     });
     drop(bands);
@@ -248,15 +248,16 @@ pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32], ws: &mut Workspace) {
     }
 }
 
-/// Fills `out` (consecutive weight rows from `first`, each followed by its `n` results).
+/// Fills `out` (consecutive weight rows from `first`, each followed by its results for every
+/// row of `xs`).
 ///
 /// The activations are taken a chunk at a time, a chunk small enough to stay in L1 while
 /// every weight row of the band passes over it.
-fn rows_times_batch(w: &QMatrix, acts: &Activations, n: usize, first: usize, out: &mut [f32]) {
-    if n == 1 {
-        return rows_times_one(w, &acts.row(0), first, out);
+fn rows_times_batch(w: &QMatrix, xs: &[XRow<'_>], first: usize, out: &mut [f32]) {
+    let n = xs.len();
+    if let [x] = xs {
+        return rows_times_one(w, x, first, out);
     }
-    let xs: Vec<XRow<'_>> = (0..n).map(|j| acts.row(j)).collect();
     let chunk = activation_chunk(w.cols);
     for (j0, chunk) in xs.chunks(chunk).enumerate().map(|(c, x)| (c * chunk, x)) {
         for (k, out) in out.chunks_exact_mut(n).enumerate() {

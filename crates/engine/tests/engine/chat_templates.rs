@@ -22,14 +22,8 @@ struct Case {
 }
 
 #[derive(Deserialize)]
-struct Message {
-    role: String,
-    content: String,
-}
-
-#[derive(Deserialize)]
 struct Render {
-    messages: Vec<Message>,
+    messages: Vec<TemplateMessage>,
     /// jinja2's output, or
     rendered: Option<String>,
     /// the message of the template's `raise_exception`.
@@ -49,15 +43,8 @@ fn templates_render_as_jinja2_does() {
         let template = ChatTemplate::new(&case.source, &case.bos_token, &case.eos_token)
             .unwrap_or_else(|e| panic!("{}: {e}", case.template));
         for (i, render) in case.renders.iter().enumerate() {
-            let messages: Vec<TemplateMessage> = render
-                .messages
-                .iter()
-                .map(|m| TemplateMessage {
-                    role: m.role.clone(),
-                    content: m.content.clone(),
-                })
-                .collect();
-            let got = template.render(&messages);
+            let messages = &render.messages;
+            let got = template.render(messages);
             match (&render.rendered, &render.error, got) {
                 (Some(want), None, Ok(got)) => {
                     assert_eq!(got, *want, "{} conversation {i}", case.template)

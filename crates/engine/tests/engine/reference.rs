@@ -27,18 +27,12 @@ struct Case {
     name: String,
     kind: String,
     #[serde(default)]
-    messages: Vec<Message>,
+    messages: Vec<TemplateMessage>,
     prompt: String,
     prompt_ids: Vec<u32>,
     output_ids: Vec<u32>,
     /// llama.cpp's own top-1 minus top-2 logit at each step.
     logit_margins: Vec<f32>,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    role: String,
-    content: String,
 }
 
 fn reference() -> Reference {
@@ -75,15 +69,8 @@ fn prompts_render_and_tokenize_as_llama_cpp_does() {
     let chat = CHAT.chat("test").unwrap();
     for case in &reference.cases {
         if case.kind == "chat" {
-            let messages: Vec<TemplateMessage> = case
-                .messages
-                .iter()
-                .map(|m| TemplateMessage {
-                    role: m.role.clone(),
-                    content: m.content.clone(),
-                })
-                .collect();
-            let rendered = chat.template().render(&messages).unwrap();
+            let messages = &case.messages;
+            let rendered = chat.template().render(messages).unwrap();
             assert_eq!(rendered, case.prompt, "{}: chat template", case.name);
         }
         let ids = chat.tokenizer().encode(&case.prompt).unwrap();
