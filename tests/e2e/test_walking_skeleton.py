@@ -137,6 +137,7 @@ def test_bad_input_gets_a_4xx_in_openai_shape(fleet, name, path, headers, body, 
 
 
 def test_keys_create_prints_a_working_key_last(fleet):
+    fleet.cli("tenants", "create", "acme")
     out = fleet.cli("keys", "create", "--tenant", "acme").stdout
     key = out.strip().splitlines()[-1]
     r = client(fleet, key=key).chat.completions.create(model=CHAT, messages=GERMANY,

@@ -81,6 +81,48 @@ impl FromRequestParts<AppState> for Bootstrap {
     }
 }
 
+/// The gateway whose token the caller holds: the one credential good for the gateway config,
+/// credit leases and usage batches, and nothing else.
+#[derive(Debug)]
+pub(crate) struct GatewayCaller(pub String);
+
+impl FromRequestParts<AppState> for GatewayCaller {
+    type Rejection = ControlError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ControlError> {
+        let token = bearer(&parts.headers)?;
+        match state.store.gateway_by_token(&sha256_hex(token)).await? {
+            Some(name) => Ok(GatewayCaller(name)),
+            None => Err(ControlError::Unauthorized(
+                "invalid gateway token (create one with `wattmesh gateways create`)".into(),
+            )),
+        }
+    }
+}
+
+/// Who an operator call is made by, for the records that say so (a revoked key's
+/// `revoked_by`): the admin credential, with the operator's name when the CLI sends it.
+#[derive(Debug)]
+pub(crate) struct Operator(pub String);
+
+/// The header the CLI names its user in.
+pub(crate) const OPERATOR_HEADER: &str = "x-wattmesh-operator";
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = ControlError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ControlError> {
+        let who = parts
+            .headers
+            .get(OPERATOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 64);
+        Ok(Operator(match who {
+            Some(name) => format!("admin ({name})"),
+            None => "admin".to_owned(),
+        }))
+    }
+}
+
 /// The site whose agent token the caller holds.
 #[derive(Debug)]
 pub(crate) struct AgentSite(pub String);

@@ -5,6 +5,7 @@
 //! - [`ControlConfig`] (`config.rs`), [`open`], [`Control`] (`service.rs`): what the CLI calls.
 //! - `error.rs`: [`ControlError`], the one place errors become HTTP responses.
 //! - `secrets.rs`: token and API key generation, hashing, the 0600 token files.
+//! - `clock.rs`: reading and writing wall times at the edge (RFC 3339, dates, months).
 //! - `liveness.rs`: which sites heartbeat on time (tokio's clock, so tests can pause it).
 //! - `plan.rs`: pure — store rows in, `wattmesh_domain::place` called, the replica diff out.
 //! - `views.rs`: pure — store rows to API, desired-state and gateway-config shapes.
@@ -16,6 +17,7 @@
 //! gathers snapshots, calls it, and writes the result. **API boundary:** every response body,
 //! success or error, is a `wattmesh_proto` type.
 
+mod clock;
 mod config;
 mod error;
 mod extract;

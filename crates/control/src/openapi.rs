@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use wattmesh_proto::{agent, api, gateway};
+use wattmesh_proto::{agent, api, billing, gateway, usage};
 
 use crate::routes;
 
@@ -24,33 +24,48 @@ use crate::routes;
         routes::create_deployment, routes::list_deployments, routes::get_deployment,
         routes::scale_deployment, routes::delete_deployment,
         routes::list_replicas, routes::status,
-        routes::create_tenant, routes::list_tenants,
+        routes::create_tenant, routes::list_tenants, routes::get_tenant,
+        routes::set_tenant_limits, routes::top_up, routes::ledger,
         routes::create_key, routes::list_keys, routes::revoke_key,
+        routes::create_gateway, routes::list_gateways, routes::rotate_gateway,
+        routes::set_price, routes::list_prices, routes::usage_report,
         routes::register, routes::heartbeat, routes::desired,
-        routes::gateway_config,
+        routes::gateway_config, routes::lease, routes::ingest_usage,
     ),
     components(schemas(
         api::Region, api::SiteSpec, api::Site, api::NodeSpec, api::Node, api::Model,
         api::DeploymentSpec, api::DeploymentPatch, api::Deployment, api::ReplicaState,
-        api::Replica, api::Tenant, api::ApiKeySpec, api::ApiKey, api::ApiKeyCreated,
+        api::Replica, api::BillingPlan, api::Limits, api::TenantSpec, api::Tenant, api::TopUp,
+        api::KeyPriority, api::KeyStatus, api::ApiKeySpec, api::ApiKey, api::ApiKeyCreated,
+        api::GatewaySpec, api::Gateway, api::GatewayCreated,
         api::FleetStatus, api::ApiError, api::ApiErrorDetail,
+        billing::PriceSpec, billing::Price, billing::LedgerKind, billing::LedgerEntry,
+        billing::UsageRow,
+        usage::UsageEvent, usage::Outcome, usage::UsageBatch, usage::IngestReceipt,
+        usage::LeaseRequest, usage::LeaseGrant,
         agent::RegisterRequest, agent::RegisterResponse, agent::NodeReport, agent::Heartbeat,
         agent::ReplicaReport, agent::HeartbeatAck, agent::DesiredState, agent::ReplicaAssignment,
-        gateway::GatewayConfig, gateway::GatewayKey, gateway::ModelRoute, gateway::RouteReplica,
+        gateway::GatewayConfig, gateway::GatewayKey, gateway::GatewayTenant,
+        gateway::GatewayPrice, gateway::ModelRoute, gateway::RouteReplica,
     )),
     modifiers(&BearerTokens),
     security(("admin_token" = [])),
 )]
 pub struct ApiDoc;
 
-/// Declares the three bearer tokens: admin (operator routes, gateway feed), bootstrap (agent
-/// registration), agent (the other agent calls).
+/// Declares the four bearer tokens: admin (operator routes), bootstrap (agent registration),
+/// agent (the other agent calls), gateway (config feed, leases, usage batches).
 struct BearerTokens;
 
 impl Modify for BearerTokens {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
-        for name in ["admin_token", "bootstrap_token", "agent_token"] {
+        for name in [
+            "admin_token",
+            "bootstrap_token",
+            "agent_token",
+            "gateway_token",
+        ] {
             components.add_security_scheme(
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),

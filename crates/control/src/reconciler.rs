@@ -136,15 +136,18 @@ impl Reconciler {
         }
 
         let sites = store.list_sites().await?;
-        let keys = store.list_api_keys().await?;
-        let kinds = store
-            .list_models()
-            .await?
-            .into_iter()
-            .map(|m| (m.name, m.kind))
-            .collect();
         let by_site = views::assignments(&sites, &replicas);
-        let gateway = views::gateway_config(&keys, &deployments, &replicas, &ready, &kinds);
+        let gateway = views::gateway_config(&views::GatewayInputs {
+            keys: &store.list_api_keys().await?,
+            tenants: &store.list_tenants().await?,
+            prices: &store.list_prices().await?,
+            models: &store.list_models().await?,
+            deployments: &deployments,
+            replicas: &replicas,
+            ready_sites: &ready,
+            // Keys expire and prices come into force with time: the tick republishes.
+            now_ms: crate::clock::now_ms(),
+        });
 
         let mut next = Published {
             unschedulable: plan.unschedulable,

@@ -28,6 +28,10 @@ pub(crate) fn new_bootstrap_token() -> String {
     format!("wm-boot-{}", random_hex())
 }
 
+pub(crate) fn new_gateway_token() -> String {
+    format!("wm-gw-{}", random_hex())
+}
+
 pub(crate) fn new_agent_token() -> String {
     format!("wm-agent-{}", random_hex())
 }

@@ -4,10 +4,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use wattmesh_domain::pricing::{PriceVersion, TokenPrice};
 use wattmesh_proto::agent::ReplicaAssignment;
-use wattmesh_proto::api::{self, ReplicaState};
-use wattmesh_proto::gateway::{GatewayConfig, GatewayKey, ModelRoute, RouteReplica};
-use wattmesh_store::{ApiKeyRecord, DeploymentRecord, NodeRecord, ReplicaRecord, SiteRecord};
+use wattmesh_proto::api::{self, KeyStatus, Model, ReplicaState};
+use wattmesh_proto::billing::{CURRENCY, Price};
+use wattmesh_proto::gateway::{
+    GatewayConfig, GatewayKey, GatewayPrice, GatewayTenant, ModelRoute, RouteReplica,
+};
+use wattmesh_store::{
+    ApiKeyRecord, DeploymentRecord, GatewayRecord, NodeRecord, ReplicaRecord, SiteRecord,
+    TenantRecord,
+};
+
+use crate::clock::format_ms;
 
 pub(crate) fn site(r: &SiteRecord, ready: bool) -> api::Site {
     api::Site {
@@ -61,14 +70,90 @@ pub(crate) fn replica(r: &ReplicaRecord, site_ready: bool) -> api::Replica {
     }
 }
 
-pub(crate) fn api_key(r: &ApiKeyRecord) -> api::ApiKey {
+/// A key as listed at `now_ms`: revoked wins over expired.
+pub(crate) fn api_key(r: &ApiKeyRecord, now_ms: i64) -> api::ApiKey {
+    let status = if r.revoked() {
+        KeyStatus::Revoked
+    } else if r.expires_at_ms.is_some_and(|t| t <= now_ms) {
+        KeyStatus::Expired
+    } else {
+        KeyStatus::Active
+    };
     api::ApiKey {
         id: r.id.clone(),
         tenant: r.tenant.clone(),
         name: r.name.clone(),
         prefix: r.prefix.clone(),
         created_at: r.created_at.clone(),
+        status,
+        models: r.models.clone(),
+        expires_at: r.expires_at.clone(),
+        priority: r.priority,
+        limits: r.limits,
+        revoked_at: r.revoked_at.clone(),
+        revoked_by: r.revoked_by.clone(),
+        last_used_at: r.last_used_ms.map(format_ms),
     }
+}
+
+pub(crate) fn tenant(r: &TenantRecord) -> api::Tenant {
+    api::Tenant {
+        name: r.name.clone(),
+        plan: r.plan,
+        contact: r.contact.clone(),
+        limits: r.limits,
+        balance: r.balance,
+        currency: CURRENCY.to_owned(),
+        created_at: r.created_at.clone(),
+    }
+}
+
+pub(crate) fn gateway(r: &GatewayRecord) -> api::Gateway {
+    api::Gateway {
+        name: r.name.clone(),
+        created_at: r.created_at.clone(),
+        rotated_at: r.rotated_at.clone(),
+    }
+}
+
+/// Price rows as the pure rater takes them.
+pub(crate) fn price_versions(prices: &[Price]) -> Vec<PriceVersion> {
+    prices
+        .iter()
+        .map(|p| PriceVersion {
+            version: p.version,
+            model: p.model.clone(),
+            tenant: p.tenant.clone(),
+            effective_from_ms: p.effective_from_ms,
+            price: TokenPrice {
+                input_per_1m: p.input_per_1m,
+                output_per_1m: p.output_per_1m,
+            },
+        })
+        .collect()
+}
+
+/// The prices in force at `now_ms` that a gateway needs for admission: each model's list
+/// price and every tenant override, latest version each.
+fn prices_in_force(prices: &[Price], now_ms: i64) -> Vec<GatewayPrice> {
+    let mut latest: BTreeMap<(&str, Option<&str>), &Price> = BTreeMap::new();
+    for p in prices.iter().filter(|p| p.effective_from_ms <= now_ms) {
+        let slot = latest
+            .entry((p.model.as_str(), p.tenant.as_deref()))
+            .or_insert(p);
+        if (p.effective_from_ms, p.version) > (slot.effective_from_ms, slot.version) {
+            *slot = p;
+        }
+    }
+    latest
+        .into_values()
+        .map(|p| GatewayPrice {
+            model: p.model.clone(),
+            tenant: p.tenant.clone(),
+            input_per_1m: p.input_per_1m,
+            output_per_1m: p.output_per_1m,
+        })
+        .collect()
 }
 
 /// What each site should run: every replica row on its nodes. Every site has an entry, empty
@@ -94,24 +179,54 @@ pub(crate) fn assignments(
     out
 }
 
-/// The gateway's view (version left 0 for the caller): live keys, and for every deployed
+/// What the gateway config is made of.
+pub(crate) struct GatewayInputs<'a> {
+    pub keys: &'a [ApiKeyRecord],
+    pub tenants: &'a [TenantRecord],
+    pub prices: &'a [Price],
+    pub models: &'a [Model],
+    pub deployments: &'a [DeploymentRecord],
+    pub replicas: &'a [ReplicaRecord],
+    pub ready_sites: &'a BTreeSet<String>,
+    pub now_ms: i64,
+}
+
+/// The gateway's view (version and gateway name left empty for the caller): keys neither
+/// revoked nor expired, tenants' plans and limits, the prices in force, and for every deployed
 /// model the replicas that serve — reported ready, with an endpoint, on a ready site.
-pub(crate) fn gateway_config(
-    keys: &[ApiKeyRecord],
-    deployments: &[DeploymentRecord],
-    replicas: &[ReplicaRecord],
-    ready_sites: &BTreeSet<String>,
-    kinds: &BTreeMap<String, wattmesh_domain::ModelKind>,
-) -> GatewayConfig {
+pub(crate) fn gateway_config(inputs: &GatewayInputs<'_>) -> GatewayConfig {
+    let GatewayInputs {
+        keys,
+        tenants,
+        prices,
+        models,
+        deployments,
+        replicas,
+        ready_sites,
+        now_ms,
+    } = *inputs;
     let keys = keys
         .iter()
-        .filter(|k| !k.revoked)
+        .filter(|k| k.live(now_ms))
         .map(|k| GatewayKey {
             id: k.id.clone(),
             tenant: k.tenant.clone(),
             secret_sha256: k.secret_sha256.clone(),
+            models: k.models.clone(),
+            expires_at_ms: k.expires_at_ms,
+            priority: k.priority,
+            limits: k.limits,
         })
         .collect();
+    let tenants = tenants
+        .iter()
+        .map(|t| GatewayTenant {
+            name: t.name.clone(),
+            plan: t.plan,
+            limits: t.limits,
+        })
+        .collect();
+    let by_name: BTreeMap<&str, &Model> = models.iter().map(|m| (m.name.as_str(), m)).collect();
     let mut routes: BTreeMap<&str, Vec<RouteReplica>> = deployments
         .iter()
         .map(|d| (d.model.as_str(), Vec::new()))
@@ -126,6 +241,7 @@ pub(crate) fn gateway_config(
             .or_default()
             .push(RouteReplica {
                 id: r.id.clone(),
+                deployment: r.deployment.clone(),
                 endpoint: endpoint.clone(),
                 site: r.site.clone(),
                 region: r.region.clone(),
@@ -134,18 +250,22 @@ pub(crate) fn gateway_config(
     let models = routes
         .into_iter()
         .filter_map(|(model, mut replicas)| {
-            let kind = *kinds.get(model)?;
+            let m = by_name.get(model)?;
             replicas.sort_by(|a, b| a.id.cmp(&b.id));
             Some(ModelRoute {
                 model: model.to_owned(),
-                kind,
+                kind: m.kind,
+                context_tokens: m.context_tokens,
                 replicas,
             })
         })
         .collect();
     GatewayConfig {
         version: 0,
+        gateway: String::new(),
         keys,
+        tenants,
+        prices: prices_in_force(prices, now_ms),
         models,
     }
 }

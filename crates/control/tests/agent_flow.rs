@@ -208,6 +208,15 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
             serde_json::json!({"name": "chat", "model": "smol", "replicas": 2}),
         )
         .await;
+    // The gateway watches its config with a token of its own.
+    let created: serde_json::Value = api
+        .post(
+            "/api/v1/gateways",
+            &admin,
+            serde_json::json!({"name": "gw-1"}),
+        )
+        .await;
+    let gateway = created["token"].as_str().unwrap().to_owned();
 
     let a = start_agent(&api, &bootstrap, "georgia-1", "north-america", "42").await;
     let b = start_agent(&api, &bootstrap, "addis-1", "east-africa", "31").await;
@@ -246,7 +255,7 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
         }];
     }
     let gw_version = |c: &GatewayConfig| c.version;
-    let both = watch_until(&api, "/api/v1/gateway/config", &admin, gw_version, |c| {
+    let both = watch_until(&api, "/api/v1/gateway/config", &gateway, gw_version, |c| {
         route_sites(c) == ["addis-1", "georgia-1"]
     })
     .await;
@@ -255,11 +264,11 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
     // A long-poll with the current version waits, and answers when the version moves.
     let v = both.version;
     let poll = {
-        let (api, admin) = (api.clone(), admin.clone());
+        let (api, gateway) = (api.clone(), gateway.clone());
         tokio::spawn(async move {
             api.get::<GatewayConfig>(
                 &format!("/api/v1/gateway/config?after={v}&wait_s=20"),
-                &admin,
+                &gateway,
             )
             .await
         })
@@ -268,7 +277,7 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
     let unchanged: GatewayConfig = api
         .get(
             &format!("/api/v1/gateway/config?after={v}&wait_s=1"),
-            &admin,
+            &gateway,
         )
         .await;
     assert_eq!(
@@ -333,7 +342,7 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
         endpoint: Some("http://127.0.0.1:9003".into()),
         message: None,
     }];
-    watch_until(&api, "/api/v1/gateway/config", &admin, gw_version, |c| {
+    watch_until(&api, "/api/v1/gateway/config", &gateway, gw_version, |c| {
         route_sites(c) == ["addis-1", "georgia-1"]
     })
     .await;
@@ -341,7 +350,7 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
     // addis-1 stops heartbeating: within the timeout (plus a tick) it is not ready, its
     // replica is lost, and the gateway stops routing to it.
     b.stop.cancel();
-    let stale = watch_until(&api, "/api/v1/gateway/config", &admin, gw_version, |c| {
+    let stale = watch_until(&api, "/api/v1/gateway/config", &gateway, gw_version, |c| {
         route_sites(c) == ["georgia-1"]
     })
     .await;

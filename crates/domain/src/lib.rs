@@ -4,13 +4,17 @@
 //! - [`model`]: models and what they need to run (kind, memory).
 //! - [`fleet`]: a plain-data snapshot of regions, sites and nodes, as the scheduler sees them.
 //! - [`scheduler`]: places deployment replicas on nodes.
+//! - [`pricing`]: rating usage, a request's worst case, the price in force, credit leases.
+//! - [`limits`]: rate-limit token buckets (requests and tokens per minute).
 //!
 //! **Architecture invariant:** nothing here performs I/O, reads a clock or spawns a task. Every
 //! decision is a deterministic function of its inputs, so the control plane, the gateway and
 //! simulators run the same code and tests need no fixtures beyond plain values.
 
 pub mod fleet;
+pub mod limits;
 pub mod model;
+pub mod pricing;
 pub mod scheduler;
 
 pub use fleet::{FleetView, NodeView};

@@ -15,14 +15,14 @@ use crate::GatewayState;
 use crate::config::Snapshot;
 use crate::error::GatewayError;
 
-/// Who is calling: set by [`require_key`] for the handlers (and, later, metering).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who is calling: the key, set by [`require_key`] for the handlers and metering.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
-    pub key_id: String,
-    pub tenant: String,
+    pub key: Arc<GatewayKey>,
 }
 
-/// The middleware: 503 until a config is loaded, then 401 unless the key is known.
+/// The middleware: 503 until a config is loaded, then 401 unless the key is known and not
+/// expired.
 pub async fn require_key(
     State(state): State<GatewayState>,
     mut req: Request,
@@ -33,10 +33,12 @@ pub async fn require_key(
         return Err(GatewayError::NotConfigured);
     }
     let key = authenticate(req.headers(), &snap)?;
-    let caller = Caller {
-        key_id: key.id.clone(),
-        tenant: key.tenant.clone(),
-    };
+    // The config leaves expired keys out, but a key must stop at its expiry, not at the next
+    // config.
+    if key.expires_at_ms.is_some_and(|t| t <= crate::now_ms()) {
+        return Err(GatewayError::ExpiredKey);
+    }
+    let caller = Caller { key: key.clone() };
     req.extensions_mut().insert(caller);
     req.extensions_mut().insert(Arc::clone(&snap));
     Ok(next.run(req).await)
@@ -46,7 +48,7 @@ pub async fn require_key(
 pub fn authenticate<'a>(
     headers: &HeaderMap,
     snap: &'a Snapshot,
-) -> Result<&'a GatewayKey, GatewayError> {
+) -> Result<&'a Arc<GatewayKey>, GatewayError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(GatewayError::NoKey)?;

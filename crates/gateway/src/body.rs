@@ -33,19 +33,29 @@ pub async fn read_limited(
     }
 }
 
-/// What the gateway reads from a request body to route it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the gateway reads from a request body to route, admit and meter it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct BodyFacts {
     pub model: String,
     /// The scheduling class for the replica: OpenAI's `service_tier` mapped onto ours
     /// (`priority` → high, `flex` → low, `auto`/`default`/absent → normal).
     pub priority: &'static str,
+    /// Whether the answer is an SSE stream.
+    pub stream: bool,
+    /// Whether the client asked for the usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`, when a non-negative integer.
+    pub max_tokens: Option<u64>,
+    /// The body with `stream_options.include_usage` set, when the client streams without it:
+    /// every request is billable, so the gateway always asks the replica for usage and strips
+    /// the usage chunk on the way back. `None`: forward the body as it came.
+    pub upstream: Option<Bytes>,
 }
 
-/// The model and scheduling class of a JSON body.
+/// The model, class, streaming and usage options of a JSON body.
 pub fn facts_of(body: &[u8]) -> Result<BodyFacts, GatewayError> {
-    let model = model_of(body)?;
-    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut value = parse_object(body)?;
+    let model = model_in(&value)?;
     let priority = match value.get("service_tier") {
         None | Some(serde_json::Value::Null) => "normal",
         Some(serde_json::Value::String(t)) => match t.as_str() {
@@ -65,26 +75,79 @@ pub fn facts_of(body: &[u8]) -> Result<BodyFacts, GatewayError> {
             ));
         }
     };
-    Ok(BodyFacts { model, priority })
+    let stream = value.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
+    let include_usage = value
+        .pointer("/stream_options/include_usage")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    let max_tokens = value
+        .get("max_completion_tokens")
+        .filter(|v| !v.is_null())
+        .or_else(|| value.get("max_tokens"))
+        .and_then(serde_json::Value::as_u64);
+    let upstream = if stream && !include_usage {
+        ask_for_usage(&mut value)?
+    } else {
+        None
+    };
+    Ok(BodyFacts {
+        model,
+        priority,
+        stream,
+        include_usage,
+        max_tokens,
+        upstream,
+    })
 }
 
-/// The model named by a JSON body.
-pub fn model_of(body: &[u8]) -> Result<String, GatewayError> {
+/// Sets `stream_options.include_usage` in `value` and serializes it; `stream_options` that
+/// is not an object is the replica's to refuse, so the body is left alone.
+fn ask_for_usage(value: &mut serde_json::Value) -> Result<Option<Bytes>, GatewayError> {
+    let Some(obj) = value.as_object_mut() else {
+        return Ok(None);
+    };
+    let options = obj
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if options.is_null() {
+        *options = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let Some(options) = options.as_object_mut() else {
+        return Ok(None);
+    };
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(value)
+        .map(|v| Some(Bytes::from(v)))
+        .map_err(|e| GatewayError::BadRequest(format!("Could not re-encode the body: {e}")))
+}
+
+fn parse_object(body: &[u8]) -> Result<serde_json::Value, GatewayError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         GatewayError::BadRequest(format!(
             "We could not parse the JSON body of your request: {e}"
         ))
     })?;
-    let obj = value.as_object().ok_or_else(|| {
-        GatewayError::BadRequest("The request body must be a JSON object.".into())
-    })?;
-    match obj.get("model") {
+    if !value.is_object() {
+        return Err(GatewayError::BadRequest(
+            "The request body must be a JSON object.".into(),
+        ));
+    }
+    Ok(value)
+}
+
+fn model_in(value: &serde_json::Value) -> Result<String, GatewayError> {
+    match value.get("model") {
         Some(serde_json::Value::String(m)) => Ok(m.clone()),
         Some(_) => Err(GatewayError::BadRequest("'model' must be a string.".into())),
         None => Err(GatewayError::BadRequest(
             "You must provide a model parameter.".into(),
         )),
     }
+}
+
+/// The model named by a JSON body.
+pub fn model_of(body: &[u8]) -> Result<String, GatewayError> {
+    model_in(&parse_object(body)?)
 }
 
 #[cfg(test)]
@@ -104,6 +167,78 @@ mod tests {
         ] {
             assert_eq!(
                 facts_of(body.as_bytes()).ok().map(|f| f.priority),
+                want,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn streams_without_usage_are_asked_for_it() {
+        let cases: &[(&str, bool, bool, Option<&str>)] = &[
+            (r#"{"model":"m"}"#, false, false, None),
+            (r#"{"model":"m","stream":false}"#, false, false, None),
+            (
+                r#"{"model":"m","stream":true}"#,
+                true,
+                false,
+                Some(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#),
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":null}"#,
+                true,
+                false,
+                Some(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#),
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+                true,
+                false,
+                Some(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#),
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+                true,
+                true,
+                None,
+            ),
+            // Not an object: left for the replica to refuse.
+            (
+                r#"{"model":"m","stream":true,"stream_options":7}"#,
+                true,
+                false,
+                None,
+            ),
+        ];
+        for (body, stream, include, upstream) in cases {
+            let f = facts_of(body.as_bytes()).unwrap();
+            assert_eq!((f.stream, f.include_usage), (*stream, *include), "{body}");
+            let got = f.upstream.map(|b| String::from_utf8(b.to_vec()).unwrap());
+            let want = upstream.map(|u| {
+                serde_json::to_string(&serde_json::from_str::<serde_json::Value>(u).unwrap())
+                    .unwrap()
+            });
+            assert_eq!(got, want, "{body}");
+        }
+    }
+
+    #[test]
+    fn max_tokens_prefers_max_completion_tokens() {
+        for (body, want) in [
+            (r#"{"model":"m"}"#, None),
+            (r#"{"model":"m","max_tokens":9}"#, Some(9)),
+            (
+                r#"{"model":"m","max_tokens":9,"max_completion_tokens":5}"#,
+                Some(5),
+            ),
+            (
+                r#"{"model":"m","max_tokens":9,"max_completion_tokens":null}"#,
+                Some(9),
+            ),
+            (r#"{"model":"m","max_tokens":-1}"#, None),
+        ] {
+            assert_eq!(
+                facts_of(body.as_bytes()).unwrap().max_tokens,
                 want,
                 "{body}"
             );

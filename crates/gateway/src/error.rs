@@ -1,9 +1,11 @@
 //! Every failure the gateway answers itself, mapped to OpenAI's error shape in one place and
 //! logged once, here. Errors from replicas are not here: they pass through unchanged.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wattmesh_proto::openai::{ErrorKind, ErrorResponse};
+
+use crate::limits::{RateHeaders, Refusal};
 
 /// Seconds a client is told to wait (`Retry-After`) when no replica can take its request.
 const RETRY_AFTER_S: &str = "1";
@@ -15,6 +17,17 @@ pub enum GatewayError {
     /// Carries a masked preview of the key, never the key.
     #[error("unknown API key {0}")]
     BadKey(String),
+    #[error("expired API key")]
+    ExpiredKey,
+    /// Over a rate limit of the key or its tenant.
+    #[error("{}", .0.message)]
+    RateLimited(Refusal),
+    /// The tenant's prepaid credit does not cover the request's worst case.
+    #[error("insufficient credit")]
+    InsufficientQuota(RateHeaders),
+    /// Credit had to be leased and the control plane could not be asked.
+    #[error("credit unavailable: {0}")]
+    CreditUnavailable(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("request body larger than {0} bytes")]
@@ -37,7 +50,11 @@ pub enum GatewayError {
 impl GatewayError {
     fn kind(&self) -> ErrorKind {
         match self {
-            GatewayError::NoKey | GatewayError::BadKey(_) => ErrorKind::InvalidApiKey,
+            GatewayError::NoKey | GatewayError::BadKey(_) | GatewayError::ExpiredKey => {
+                ErrorKind::InvalidApiKey
+            }
+            GatewayError::RateLimited(_) => ErrorKind::RateLimited,
+            GatewayError::InsufficientQuota(_) => ErrorKind::InsufficientQuota,
             GatewayError::BadRequest(_) => ErrorKind::InvalidRequest,
             GatewayError::TooLarge(_) => ErrorKind::RequestTooLarge,
             GatewayError::UnknownModel(_) => ErrorKind::ModelNotFound,
@@ -45,6 +62,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => ErrorKind::MethodNotAllowed,
             GatewayError::NoReplica(_)
             | GatewayError::NotConfigured
+            | GatewayError::CreditUnavailable(_)
             | GatewayError::Upstream(_) => ErrorKind::Unavailable,
         }
     }
@@ -57,6 +75,13 @@ impl GatewayError {
                                     Authorization: Bearer YOUR_KEY)."
                 .to_owned(),
             GatewayError::BadKey(masked) => format!("Incorrect API key provided: {masked}."),
+            GatewayError::ExpiredKey => "The API key provided has expired.".to_owned(),
+            GatewayError::InsufficientQuota(_) => "You exceeded your current quota, please \
+                                                   check your plan and billing details."
+                .to_owned(),
+            GatewayError::CreditUnavailable(_) => {
+                "Your credit could not be checked right now; retry shortly.".to_owned()
+            }
             GatewayError::TooLarge(limit) => {
                 format!("The request body is larger than the {limit} bytes this server accepts.")
             }
@@ -84,10 +109,29 @@ impl IntoResponse for GatewayError {
         }
         let mut resp =
             (status, axum::Json(ErrorResponse::new(kind, self.message()))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        match &self {
+            GatewayError::RateLimited(refusal) => {
+                let retry = HeaderValue::from(refusal.retry_after_s);
+                resp.headers_mut().insert(header::RETRY_AFTER, retry);
+                add_rate_headers(&mut resp, &refusal.headers);
+            }
+            GatewayError::InsufficientQuota(headers) => add_rate_headers(&mut resp, headers),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+            }
+            _ => {}
         }
         resp
+    }
+}
+
+/// OpenAI's `x-ratelimit-*` headers, on every answer that went through the limits.
+pub fn add_rate_headers(resp: &mut Response, headers: &RateHeaders) {
+    for (name, value) in headers.pairs() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
     }
 }

@@ -1,20 +1,23 @@
-//! Forwarding to a replica: pick one, send the original body, and relay the answer as a
-//! stream. A connect error or a 503 before any body byte ejects that replica and the request
-//! is tried once more on another; once an answer is being relayed it is never retried.
+//! Forwarding to a replica: pick one, send the body, and relay the answer as a stream. A
+//! connect error or a 503 before any body byte ejects that replica and the request is tried
+//! once more on another; once an answer is being relayed it is never retried.
+//!
+//! The relay holds back the answer's last piece until the request's usage event is durable in
+//! the spool: a client that has the whole answer has been metered.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::{Stream, StreamExt};
 use wattmesh_proto::gateway::{ModelRoute, PRIORITY_HEADER};
+use wattmesh_proto::usage::Outcome;
 
 use crate::GatewayState;
-use crate::auth::Caller;
 use crate::error::GatewayError;
-use crate::metering::{Served, UsageTap};
+use crate::metering::{BodyWatch, Meter};
 use crate::replicas::{EJECTION, InFlight};
 use crate::routing::{Candidate, pick};
 
@@ -29,20 +32,33 @@ const RELAYED_HEADERS: [header::HeaderName; 3] = [
     header::RETRY_AFTER,
 ];
 
-/// Sends `body` to `{endpoint}{path}` of one replica of `route`, in scheduling class
-/// `priority`, and relays its answer.
+/// The header a request's id travels on: to the replica, and back to the client.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What to send upstream, besides the route.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub path: &'a str,
+    /// The engine class: `high`, `normal` or `low`.
+    pub priority: &'a str,
+    pub body: Bytes,
+    /// The answer is an SSE stream; `strip_usage`: remove the usage the client did not ask for.
+    pub stream: bool,
+    pub strip_usage: bool,
+}
+
+/// Sends the request to one replica of `route` and relays its answer, metered by `meter`.
+/// When no replica answers, the request is metered as failed and the error returned.
 pub async fn forward(
     state: &GatewayState,
-    caller: Caller,
     route: &ModelRoute,
-    path: &str,
-    priority: &str,
-    body: Bytes,
+    out: Outgoing<'_>,
+    mut meter: Meter,
 ) -> Result<Response, GatewayError> {
     let mut tried: Vec<&str> = Vec::new();
     let mut last_error: Option<String> = None;
     // A replica's own 503, kept to relay when no other replica is left to try.
-    let mut refused: Option<(reqwest::Response, InFlight, String)> = None;
+    let mut refused: Option<(reqwest::Response, InFlight, usize)> = None;
     for _ in 0..MAX_ATTEMPTS {
         let stats: Vec<_> = route
             .replicas
@@ -65,22 +81,26 @@ pub async fn forward(
         let replica = &route.replicas[i];
         tried.push(&replica.id);
         let in_flight = stats[i].start();
-        let url = format!("{}{path}", replica.endpoint.trim_end_matches('/'));
+        let url = format!("{}{}", replica.endpoint.trim_end_matches('/'), out.path);
         let sent = state
             .http
             .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(PRIORITY_HEADER, priority)
-            .body(body.clone())
+            .header(PRIORITY_HEADER, out.priority)
+            .header(REQUEST_ID_HEADER, &meter.event.request_id)
+            .body(out.body.clone())
             .send()
             .await;
         match sent {
             Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 stats[i].eject(EJECTION);
                 tracing::info!(replica = %replica.id, "replica answered 503; ejected, retrying");
-                refused = Some((resp, in_flight, replica.id.clone()));
+                refused = Some((resp, in_flight, i));
             }
-            Ok(resp) => return Ok(relay(resp, in_flight, served(&caller, route, &replica.id))),
+            Ok(resp) => {
+                served_by(&mut meter, route, i);
+                return Ok(relay(resp, in_flight, meter, &out));
+            }
             Err(e) if e.is_connect() => {
                 stats[i].eject(EJECTION);
                 tracing::info!(replica = %replica.id, "cannot connect to replica; ejected: {e}");
@@ -88,6 +108,8 @@ pub async fn forward(
             }
             // The replica may have started on it: not retried.
             Err(e) => {
+                served_by(&mut meter, route, i);
+                meter.finish_detached(Outcome::Failed, 502, None, 0);
                 return Err(GatewayError::Upstream(format!(
                     "replica {} at {url}: {e}",
                     replica.id
@@ -95,30 +117,34 @@ pub async fn forward(
             }
         }
     }
-    if let Some((resp, in_flight, replica)) = refused {
-        return Ok(relay(resp, in_flight, served(&caller, route, &replica)));
+    if let Some((resp, in_flight, i)) = refused {
+        served_by(&mut meter, route, i);
+        return Ok(relay(resp, in_flight, meter, &out));
     }
+    meter.finish_detached(Outcome::Failed, 503, None, 0);
     Err(match last_error {
         Some(e) => GatewayError::Upstream(e),
         None => GatewayError::NoReplica(route.model.clone()),
     })
 }
 
-fn served(caller: &Caller, route: &ModelRoute, replica: &str) -> Served {
-    Served {
-        caller: caller.clone(),
-        model: route.model.clone(),
-        replica: replica.to_owned(),
-        status: 0,
-        usage: None,
-        complete: false,
-    }
+/// Notes in the usage event where the request went.
+fn served_by(meter: &mut Meter, route: &ModelRoute, i: usize) {
+    let r = &route.replicas[i];
+    meter.event.deployment.clone_from(&r.deployment);
+    meter.event.replica.clone_from(&r.id);
+    meter.event.site.clone_from(&r.site);
+    meter.event.region.clone_from(&r.region);
 }
 
 /// Streams the replica's answer to the client chunk by chunk as it arrives.
-fn relay(resp: reqwest::Response, in_flight: InFlight, mut served: Served) -> Response {
+fn relay(
+    resp: reqwest::Response,
+    in_flight: InFlight,
+    meter: Meter,
+    out: &Outgoing<'_>,
+) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    served.status = status.as_u16();
     let headers: Vec<(header::HeaderName, HeaderValue)> = RELAYED_HEADERS
         .iter()
         .filter_map(|name| {
@@ -129,41 +155,111 @@ fn relay(resp: reqwest::Response, in_flight: InFlight, mut served: Served) -> Re
             ))
         })
         .collect();
-    let body = Relayed {
+    // Error answers are JSON even on a streamed request.
+    let sse = out.stream && status.is_success();
+    let relay = Relay {
         inner: Box::pin(resp.bytes_stream()),
-        tap: UsageTap::new(served),
+        watch: if sse {
+            BodyWatch::sse(out.strip_usage)
+        } else {
+            BodyWatch::json()
+        },
+        meter: Some(meter),
+        status: status.as_u16(),
+        done: false,
         _in_flight: in_flight,
     };
-    let mut out = Response::new(Body::from_stream(body));
-    *out.status_mut() = status;
-    out.headers_mut().extend(headers);
-    out
+    let body = futures::stream::unfold(relay, |mut relay| async move {
+        let item = relay.next().await?;
+        Some((item, relay))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    *response.status_mut() = status;
+    response.headers_mut().extend(headers);
+    response
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
-/// The relayed body: counts the request as outstanding for as long as it lives, and lets
-/// metering watch the bytes go by.
-struct Relayed {
+/// The relayed body: the end held back by the watch, the meter to finish, the replica counted
+/// as outstanding for as long as it lives.
+struct Relay {
     inner: ByteStream,
-    tap: UsageTap,
+    watch: BodyWatch,
+    meter: Option<Meter>,
+    status: u16,
+    done: bool,
     _in_flight: InFlight,
 }
 
-impl Stream for Relayed {
-    type Item = reqwest::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = futures::ready!(self.inner.poll_next_unpin(cx));
-        match &item {
-            Some(Ok(chunk)) => self.tap.observe(chunk),
-            Some(Err(e)) => {
-                // Mid-stream: the status is sent, so the client sees a cut connection.
-                tracing::warn!("replica stream failed mid-answer: {e}");
-                self.tap.finish(false);
-            }
-            None => self.tap.finish(true),
+impl Relay {
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        if self.done {
+            return None;
         }
-        Poll::Ready(item)
+        loop {
+            match self.inner.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(m) = self.meter.as_mut() {
+                        m.first_byte.get_or_insert_with(Instant::now);
+                    }
+                    let piece = self.watch.push(chunk);
+                    if !piece.is_empty() {
+                        return Some(Ok(piece));
+                    }
+                }
+                Some(Err(e)) => {
+                    // Mid-answer: the status is sent, so the client sees a cut connection.
+                    tracing::warn!("replica stream failed mid-answer: {e}");
+                    self.done = true;
+                    self.end(Outcome::Failed).await;
+                    return Some(Err(std::io::Error::other(e)));
+                }
+                None => {
+                    self.done = true;
+                    let outcome = if (200..300).contains(&self.status) {
+                        Outcome::Completed
+                    } else {
+                        Outcome::Failed
+                    };
+                    if !self.end(outcome).await {
+                        return Some(Err(std::io::Error::other("usage spool failed")));
+                    }
+                    let last = self.watch.finish();
+                    return (!last.is_empty()).then_some(Ok(last));
+                }
+            }
+        }
+    }
+
+    /// Writes the usage event and waits for it to be durable; false if it could not be.
+    async fn end(&mut self, outcome: Outcome) -> bool {
+        let Some(meter) = self.meter.take() else {
+            return true;
+        };
+        let usage = self.watch.usage();
+        let chunks = self.watch.content_chunks();
+        match meter.finish(outcome, self.status, usage, chunks).await {
+            Ok(()) => true,
+            Err(e) => {
+                // Unbilled tokens are lost money: the client does not get the end either.
+                tracing::error!("could not spool a usage event; cutting the answer: {e}");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away before the end.
+        if let Some(meter) = self.meter.take() {
+            meter.finish_detached(
+                Outcome::Cancelled,
+                self.status,
+                self.watch.usage(),
+                self.watch.content_chunks(),
+            );
+        }
     }
 }

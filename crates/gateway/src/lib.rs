@@ -10,23 +10,31 @@
 //! - [`routing`]: the pure choice of a replica.
 //! - [`replicas`]: per-replica live state (outstanding requests, ejection).
 //! - [`health`]: the active health checks.
+//! - [`limits`]: requests, tokens and requests in flight per minute, per key and tenant.
+//! - [`credit`]: prepaid credit leased from the control plane, reserved per request.
 //! - [`forward`]: sending to a replica with retry-once, relaying the answer as a stream.
-//! - [`metering`]: the seam where served usage will be spooled.
+//! - [`metering`]: reading usage off the relayed body; the usage event of each request.
+//! - [`spool`]: the durable, group-committed queue of usage events; [`shipper`] delivers it.
 //! - [`error`]: every failure in OpenAI's error shape, in one place.
 //!
-//! **Architecture invariant:** the gateway holds key hashes, never secrets, and keeps serving
-//! its last config when the control plane is unreachable (static stability).
+//! **Architecture invariant:** the gateway holds key hashes and its own scoped gateway token,
+//! never customers' secrets or the admin token, and keeps serving its last config when the
+//! control plane is unreachable (static stability); usage waits in the spool meanwhile.
 
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod credit;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod limits;
 pub mod metering;
 pub mod replicas;
 pub mod routing;
 pub mod server;
+pub mod shipper;
+pub mod spool;
 pub mod watch;
 
 #[cfg(test)]
@@ -34,6 +42,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -47,8 +56,11 @@ pub use server::{router, run};
 #[derive(Clone)]
 pub struct GatewayOptions {
     pub control_url: String,
-    /// The admin token the control plane's gateway-config endpoint wants.
+    /// This gateway's own token (`wattmesh gateways create`): good for its config, credit
+    /// leases and usage batches, and nothing else.
     pub control_token: String,
+    /// The usage spool's SQLite file; its directory must exist.
+    pub spool_path: PathBuf,
     /// Request bodies above this get 413.
     pub max_body_bytes: usize,
     /// How often each replica's `/health` is probed.
@@ -59,10 +71,11 @@ pub struct GatewayOptions {
 
 impl GatewayOptions {
     /// The defaults: 4 MiB bodies, probes every 2 s, 30 s to drain on shutdown.
-    pub fn new(control_url: String, control_token: String) -> Self {
+    pub fn new(control_url: String, control_token: String, spool_path: PathBuf) -> Self {
         Self {
             control_url,
             control_token,
+            spool_path,
             max_body_bytes: 4 << 20,
             health_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
@@ -76,6 +89,7 @@ impl std::fmt::Debug for GatewayOptions {
         f.debug_struct("GatewayOptions")
             .field("control_url", &self.control_url)
             .field("control_token", &"<redacted>")
+            .field("spool_path", &self.spool_path)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("health_interval", &self.health_interval)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -92,25 +106,44 @@ pub struct GatewayState {
     pub(crate) http: reqwest::Client,
     pub(crate) max_body_bytes: usize,
     pub(crate) control: Arc<watch::ControlLink>,
+    pub(crate) limiter: Arc<limits::RateLimiter>,
+    pub(crate) credit: Arc<credit::Credit>,
+    pub(crate) spool: spool::Spool,
+    /// Where customers' usage and costs questions are passed to (empty: not connected).
+    pub(crate) control_url: Arc<str>,
 }
 
 impl GatewayState {
-    /// A state with no config yet (requests get 503 until [`Self::set_config`]).
-    pub fn new(max_body_bytes: usize) -> Self {
-        // Pooled connections; a connect timeout but no overall one, so streams run as long as
-        // the replica produces.
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
+    /// A state with no config yet (requests get 503 until [`Self::set_config`]), metering
+    /// into `spool` and reserving prepaid credit from `credit`.
+    pub fn new(max_body_bytes: usize, spool: spool::Spool, credit: Arc<credit::Credit>) -> Self {
         Self {
             config: Arc::default(),
             replicas: replicas::ReplicaTable::default(),
-            http,
+            http: Self::http_client(),
             max_body_bytes,
             control: Arc::default(),
+            limiter: Arc::default(),
+            credit,
+            spool,
+            control_url: Arc::from(""),
         }
+    }
+
+    /// The control plane customers' usage and costs requests are passed to.
+    pub fn with_control_url(mut self, control_url: &str) -> Self {
+        self.control_url = Arc::from(control_url.trim_end_matches('/'));
+        self
+    }
+
+    /// Pooled connections; a connect timeout but no overall one, so streams run as long as
+    /// the replica produces.
+    pub(crate) fn http_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default()
     }
 
     /// Puts `config` in force for the requests that start from now on.
@@ -136,4 +169,11 @@ impl GatewayState {
     pub fn replica_healthy(&self, replica: &str) -> bool {
         self.replicas.get(replica).healthy()
     }
+}
+
+/// Now, in unix milliseconds: the clock of usage events, key expiry and rate limits.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -39,6 +39,10 @@ pub fn key(secret: &str) -> GatewayKey {
         id: "key-1".into(),
         tenant: "tenant-1".into(),
         secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+        models: None,
+        expires_at_ms: None,
+        priority: wattmesh_proto::api::KeyPriority::Interactive,
+        limits: wattmesh_proto::api::Limits::default(),
     }
 }
 
@@ -46,6 +50,7 @@ pub fn route(model: &str, kind: ModelKind, replicas: Vec<RouteReplica>) -> Model
     ModelRoute {
         model: model.into(),
         kind,
+        context_tokens: 2048,
         replicas,
     }
 }
@@ -53,6 +58,7 @@ pub fn route(model: &str, kind: ModelKind, replicas: Vec<RouteReplica>) -> Model
 pub fn replica(id: &str, endpoint: &str) -> RouteReplica {
     RouteReplica {
         id: id.into(),
+        deployment: "d1".into(),
         endpoint: endpoint.into(),
         site: "s1".into(),
         region: "r1".into(),
@@ -63,9 +69,36 @@ pub fn replica(id: &str, endpoint: &str) -> RouteReplica {
 pub fn config(version: u64, models: Vec<ModelRoute>) -> GatewayConfig {
     GatewayConfig {
         version,
+        gateway: "gw-test".into(),
         keys: vec![key(KEY)],
+        tenants: Vec::new(),
+        prices: Vec::new(),
         models,
     }
+}
+
+/// A leaser for tests whose tenants all pay as they go: any call is a test failure.
+#[derive(Debug)]
+pub struct NoLeases;
+
+impl crate::credit::Leaser for NoLeases {
+    fn lease(
+        &self,
+        request: wattmesh_proto::usage::LeaseRequest,
+    ) -> futures::future::BoxFuture<'static, Result<wattmesh_proto::usage::LeaseGrant, String>>
+    {
+        Box::pin(async move { Err(format!("no leases in this test (asked for {request:?})")) })
+    }
+}
+
+/// A gateway state with a real spool in a temp dir (kept alive by the returned guard).
+pub async fn state(max_body_bytes: usize) -> (crate::GatewayState, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = crate::spool::Spool::open(&dir.path().join("spool.db"))
+        .await
+        .expect("opening the spool");
+    let credit = crate::credit::Credit::new(Default::default(), Arc::new(NoLeases));
+    (crate::GatewayState::new(max_body_bytes, spool, credit), dir)
 }
 
 /// An address nothing listens on: bound, then released.

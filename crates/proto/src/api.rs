@@ -69,6 +69,16 @@ pub struct Model {
     pub artifact: String,
     /// Memory one replica needs, in bytes.
     pub memory_bytes: u64,
+    /// Most tokens (prompt plus completion) one request can use.
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: u32,
+}
+
+/// The embedded engine's usable context per request.
+pub const DEFAULT_CONTEXT_TOKENS: u32 = 2048;
+
+fn default_context_tokens() -> u32 {
+    DEFAULT_CONTEXT_TOKENS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -137,22 +147,168 @@ pub struct Replica {
     pub message: Option<String>,
 }
 
+/// How a tenant pays: billed in arrears, or from credit bought ahead (requests stop when it
+/// runs out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingPlan {
+    #[default]
+    PayAsYouGo,
+    Prepaid,
+}
+
+impl BillingPlan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingPlan::PayAsYouGo => "pay_as_you_go",
+            BillingPlan::Prepaid => "prepaid",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pay_as_you_go" => Some(BillingPlan::PayAsYouGo),
+            "prepaid" => Some(BillingPlan::Prepaid),
+            _ => None,
+        }
+    }
+}
+
+/// Rate limits of a tenant or a key; an absent limit is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Tokens per minute: prompt plus completion (the request's worst case while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+impl Limits {
+    /// A limit of 0 would refuse everything forever: refused as a typo instead.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("concurrency", self.concurrency),
+        ] {
+            if v == Some(0) {
+                return Err(format!(
+                    "limit {name} must be at least 1 (leave it out for no limit)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `POST /api/v1/tenants`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    pub name: String,
+    #[serde(default)]
+    pub plan: BillingPlan,
+    /// Who to reach about the account (an e-mail address, usually).
+    #[serde(default)]
+    pub contact: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Tenant {
     pub name: String,
+    pub plan: BillingPlan,
+    pub contact: Option<String>,
+    pub limits: Limits,
+    /// Credit bought minus everything billed, in `currency`: negative for a pay-as-you-go
+    /// tenant that owes.
+    #[schema(value_type = String, example = "12.50")]
+    pub balance: Decimal,
+    pub currency: String,
+    pub created_at: String,
+}
+
+/// `PUT /api/v1/tenants/{name}/limits`: replaces the tenant's limits.
+pub type LimitsPatch = Limits;
+
+/// `POST /api/v1/tenants/{name}/top-ups`: credit bought.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopUp {
+    /// In the tenant's currency; must be positive.
+    #[schema(value_type = String, example = "25.00")]
+    pub amount: Decimal,
+    /// The payment it came from (an invoice or transaction id); a repeated reference is a
+    /// conflict, so a retried top-up is never counted twice.
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+/// The scheduling class of a key's requests: interactive keys run before batch keys on a
+/// busy replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPriority {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+impl KeyPriority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPriority::Interactive => "interactive",
+            KeyPriority::Batch => "batch",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "interactive" => Some(KeyPriority::Interactive),
+            "batch" => Some(KeyPriority::Batch),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySpec {
+    /// The tenant must exist (`POST /api/v1/tenants`).
     pub tenant: String,
     /// A label for the operator; not secret.
     #[serde(default)]
     pub name: Option<String>,
+    /// Models the key may call; absent means every model.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// RFC 3339 time after which the key is refused.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub priority: KeyPriority,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
-/// An API key as listed: never the secret, only its id and visible prefix.
+/// Where a key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+/// An API key as listed: never the secret, only its id and visible prefix. Revoked and
+/// expired keys stay listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiKey {
     pub id: String,
@@ -161,6 +317,16 @@ pub struct ApiKey {
     /// The first characters of the key, to recognise it.
     pub prefix: String,
     pub created_at: String,
+    pub status: KeyStatus,
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<String>,
+    pub priority: KeyPriority,
+    pub limits: Limits,
+    pub revoked_at: Option<String>,
+    /// Who revoked it (the operator credential's name).
+    pub revoked_by: Option<String>,
+    /// When a gateway last served a request with it (as of the last usage shipped).
+    pub last_used_at: Option<String>,
 }
 
 /// The answer to creating a key: the only time the secret is shown.
@@ -169,6 +335,30 @@ pub struct ApiKeyCreated {
     #[serde(flatten)]
     pub key: ApiKey,
     pub secret: String,
+}
+
+/// `POST /api/v1/gateways`: a gateway credential, scoped to reading the gateway config,
+/// leasing credit and writing usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Gateway {
+    pub name: String,
+    pub created_at: String,
+    /// When its token was last replaced.
+    pub rotated_at: Option<String>,
+}
+
+/// The answer to creating or rotating a gateway: the only time its token is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GatewayCreated {
+    #[serde(flatten)]
+    pub gateway: Gateway,
+    pub token: String,
 }
 
 /// `GET /api/v1/status`: everything `wattmesh status` prints.

@@ -1,13 +1,17 @@
-//! What a gateway watches from the control plane: the API keys it accepts and the replicas
-//! each model is served by. The gateway keeps the last copy it got, so it keeps serving when
-//! the control plane is unreachable.
+//! What a gateway watches from the control plane: the API keys it accepts with their tenants'
+//! plans and limits, the prices in force, and the replicas each model is served by. The
+//! gateway keeps the last copy it got, so it keeps serving when the control plane is
+//! unreachable.
 //!
-//! `GET /api/v1/gateway/config?after=V&wait_s=S` (admin token), long-polled like the agent's
+//! `GET /api/v1/gateway/config?after=V&wait_s=S` (gateway token), long-polled like the agent's
 //! desired state.
 
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use wattmesh_domain::ModelKind;
+
+use crate::api::{BillingPlan, KeyPriority, Limits};
 
 /// The header on which the gateway tells a replica a request's scheduling class
 /// (`high`, `normal` or `low`); the engine schedules FCFS within each class.
@@ -16,16 +20,46 @@ pub const PRIORITY_HEADER: &str = "x-wattmesh-priority";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GatewayConfig {
     pub version: u64,
+    /// The gateway's own name, as its token says.
+    pub gateway: String,
     pub keys: Vec<GatewayKey>,
+    pub tenants: Vec<GatewayTenant>,
+    pub prices: Vec<GatewayPrice>,
     pub models: Vec<ModelRoute>,
 }
 
 /// An accepted API key, by the hex SHA-256 of its secret: the gateway never holds secrets.
+/// Revoked keys are left out; expired ones too, and the gateway also checks `expires_at_ms`
+/// itself so a key stops at its expiry, not at the next config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GatewayKey {
     pub id: String,
     pub tenant: String,
     pub secret_sha256: String,
+    /// Models the key may call; `None` is every model.
+    pub models: Option<Vec<String>>,
+    pub expires_at_ms: Option<i64>,
+    pub priority: KeyPriority,
+    pub limits: Limits,
+}
+
+/// What admission needs of a tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GatewayTenant {
+    pub name: String,
+    pub plan: BillingPlan,
+    pub limits: Limits,
+}
+
+/// The price in force for a model: the list price (`tenant` absent) or one tenant's override.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GatewayPrice {
+    pub model: String,
+    pub tenant: Option<String>,
+    #[schema(value_type = String)]
+    pub input_per_1m: Decimal,
+    #[schema(value_type = String)]
+    pub output_per_1m: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -33,6 +67,9 @@ pub struct ModelRoute {
     pub model: String,
     #[schema(value_type = String)]
     pub kind: ModelKind,
+    /// Most tokens (prompt plus completion) one request can use: a request's worst case when
+    /// it sets no `max_tokens`.
+    pub context_tokens: u32,
     /// Replicas the control plane believes ready, with where they are.
     pub replicas: Vec<RouteReplica>,
 }
@@ -40,6 +77,7 @@ pub struct ModelRoute {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RouteReplica {
     pub id: String,
+    pub deployment: String,
     pub endpoint: String,
     pub site: String,
     pub region: String,

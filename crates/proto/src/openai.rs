@@ -390,8 +390,10 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// 413: the body is larger than the server accepts.
     RequestTooLarge,
-    /// 429: a rate limit or budget.
+    /// 429: a rate limit.
     RateLimited,
+    /// 429: the prepaid credit is spent.
+    InsufficientQuota,
     /// 500: our fault; the message never carries internals.
     Internal,
     /// 503: no replica can take the request now.
@@ -406,7 +408,7 @@ impl ErrorKind {
             ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTooLarge => 413,
-            ErrorKind::RateLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::InsufficientQuota => 429,
             ErrorKind::Internal => 500,
             ErrorKind::Unavailable => 503,
         }
@@ -422,6 +424,7 @@ impl ErrorKind {
             | ErrorKind::MethodNotAllowed
             | ErrorKind::RequestTooLarge => "invalid_request_error",
             ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::InsufficientQuota => "insufficient_quota",
             ErrorKind::Internal | ErrorKind::Unavailable => "server_error",
         }
     }
@@ -436,6 +439,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => Some("method_not_allowed"),
             ErrorKind::RequestTooLarge => Some("request_too_large"),
             ErrorKind::RateLimited => Some("rate_limit_exceeded"),
+            ErrorKind::InsufficientQuota => Some("insufficient_quota"),
             ErrorKind::Internal => Some("internal_error"),
             ErrorKind::Unavailable => Some("service_unavailable"),
         }

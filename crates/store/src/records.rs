@@ -5,7 +5,8 @@
 use rust_decimal::Decimal;
 use wattmesh_domain::ModelKind;
 use wattmesh_proto::agent::{NodeReport, ReplicaReport};
-use wattmesh_proto::api::ReplicaState;
+use wattmesh_proto::api::{BillingPlan, KeyPriority, Limits, ReplicaState};
+use wattmesh_proto::usage::UsageEvent;
 
 use crate::StoreError;
 
@@ -90,6 +91,11 @@ pub struct NewApiKey {
     pub name: Option<String>,
     pub prefix: String,
     pub secret_sha256: String,
+    pub models: Option<Vec<String>>,
+    /// RFC 3339 as given, and the same instant in unix milliseconds.
+    pub expires_at: Option<(String, i64)>,
+    pub priority: KeyPriority,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +106,101 @@ pub struct ApiKeyRecord {
     pub prefix: String,
     pub secret_sha256: String,
     pub created_at: String,
-    pub revoked: bool,
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    pub priority: KeyPriority,
+    pub limits: Limits,
+    /// Set when revoked, with who revoked it.
+    pub revoked_at: Option<String>,
+    pub revoked_by: Option<String>,
+    /// The latest start of a request with this key among ingested usage.
+    pub last_used_ms: Option<i64>,
+}
+
+impl ApiKeyRecord {
+    pub fn revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+
+    /// Whether the key is accepted at `now_ms`: not revoked, not expired.
+    pub fn live(&self, now_ms: i64) -> bool {
+        !self.revoked() && self.expires_at_ms.is_none_or(|t| t > now_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRecord {
+    pub name: String,
+    pub plan: BillingPlan,
+    pub contact: Option<String>,
+    pub limits: Limits,
+    /// Top-ups minus rated usage.
+    pub balance: Decimal,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayRecord {
+    pub name: String,
+    pub created_at: String,
+    pub rotated_at: Option<String>,
+}
+
+/// A price version to add; the store assigns its version number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPrice {
+    pub model: String,
+    pub tenant: Option<String>,
+    pub input_per_1m: Decimal,
+    pub output_per_1m: Decimal,
+    pub currency: String,
+    pub effective_from: String,
+    pub effective_from_ms: i64,
+}
+
+/// A usage event with the price the control plane rated it at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatedEvent {
+    pub event: UsageEvent,
+    /// `None` when no price was in force: the usage is recorded at cost 0.
+    pub price_version: Option<u64>,
+    pub cost: Decimal,
+}
+
+/// How usage totals are grouped besides time buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    None,
+    Model,
+    Key,
+    /// Per (model, key) pair, as `model` U+001F `key id`.
+    ModelAndKey,
+}
+
+/// A usage query: one tenant's (or every tenant's) events with `from_ms <= started_at_ms <
+/// to_ms`, summed per time bucket (when `bucket_ms` is set, buckets start at `from_ms`) and
+/// per group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub tenant: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub bucket_ms: Option<i64>,
+    pub group: UsageGroup,
+}
+
+/// One bucket and group of a [`UsageQuery`]; buckets and groups without usage are absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageTotal {
+    /// The bucket's start, when the query has buckets.
+    pub bucket_start_ms: Option<i64>,
+    /// The model or key id, when grouped.
+    pub group: Option<String>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost: Decimal,
 }
 
 /// An agent joining: its site (created with its region if missing), its nodes, and the hash

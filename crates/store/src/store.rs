@@ -4,12 +4,17 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use wattmesh_proto::api::{DeploymentSpec, Model, NodeSpec, Region, SiteSpec, Tenant};
+use rust_decimal::Decimal;
+use wattmesh_domain::pricing::LeaseView;
+use wattmesh_proto::api::{DeploymentSpec, Limits, Model, NodeSpec, Region, SiteSpec, TenantSpec};
+use wattmesh_proto::billing::{LedgerEntry, Price};
+use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::StoreError;
 use crate::records::{
-    AgentRegistration, ApiKeyRecord, DeploymentRecord, NewApiKey, NewReplica, NodeRecord,
-    ReplicaRecord, SiteHeartbeat, SiteRecord,
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, GatewayRecord, NewApiKey, NewPrice,
+    NewReplica, NodeRecord, RatedEvent, ReplicaRecord, SiteHeartbeat, SiteRecord, TenantRecord,
+    UsageQuery, UsageTotal,
 };
 
 /// Everything the control plane persists. Creating an object that exists is
@@ -58,12 +63,76 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     // --- tenants and API keys ---
-    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError>;
-    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    async fn create_tenant(&self, spec: &TenantSpec) -> Result<TenantRecord, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
+    async fn get_tenant(&self, name: &str) -> Result<TenantRecord, StoreError>;
+    /// Replaces the tenant's limits.
+    async fn set_tenant_limits(
+        &self,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<TenantRecord, StoreError>;
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKeyRecord, StoreError>;
     /// Every key, revoked ones included, oldest first.
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
-    async fn revoke_api_key(&self, id: &str) -> Result<(), StoreError>;
+    /// Marks the key revoked now, by `by`. Revoking a revoked key is `Conflict`.
+    async fn revoke_api_key(&self, id: &str, by: &str) -> Result<ApiKeyRecord, StoreError>;
+
+    // --- gateways ---
+    /// `Conflict` if the name is taken.
+    async fn create_gateway(
+        &self,
+        name: &str,
+        token_sha256: &str,
+    ) -> Result<GatewayRecord, StoreError>;
+    /// Replaces the gateway's token; the old one stops working at once.
+    async fn rotate_gateway(
+        &self,
+        name: &str,
+        token_sha256: &str,
+    ) -> Result<GatewayRecord, StoreError>;
+    async fn list_gateways(&self) -> Result<Vec<GatewayRecord>, StoreError>;
+    /// The gateway whose token has this hash.
+    async fn gateway_by_token(&self, token_sha256: &str) -> Result<Option<String>, StoreError>;
+
+    // --- money: prices, ledger, usage, leases ---
+    /// Adds a price version; the model (and tenant, if any) must exist.
+    async fn add_price(&self, price: &NewPrice) -> Result<Price, StoreError>;
+    /// Every price version, oldest first.
+    async fn list_prices(&self) -> Result<Vec<Price>, StoreError>;
+    /// Credits the tenant. A `reference` the tenant used before is `Conflict`.
+    async fn top_up(
+        &self,
+        tenant: &str,
+        amount: Decimal,
+        reference: &str,
+    ) -> Result<LedgerEntry, StoreError>;
+    /// The tenant's ledger, oldest first.
+    async fn ledger(&self, tenant: &str) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// Stores the events not seen before (by id) in one transaction, and for those only:
+    /// debits each tenant once with the batch's cost (a ledger entry), adds it to the
+    /// gateway's spent credit of that tenant, and moves its keys' last use. Events of unknown
+    /// tenants are stored and debited nowhere (their tenant was deleted). A tenant whose new
+    /// events cost nothing in all (no price set) gets no ledger entry: ledgers list only what
+    /// moved the balance. A negative cost fails the whole batch (`Invalid`).
+    async fn ingest_usage(
+        &self,
+        gateway: &str,
+        events: &[RatedEvent],
+    ) -> Result<IngestReceipt, StoreError>;
+    /// Usage summed per bucket and group, oldest bucket first, then by group. Costs are
+    /// recomputed from token sums and the price versions the events were rated at, which equals
+    /// the sum of their stored costs as long as each was rated as `TokenPrice::cost` does.
+    async fn usage_totals(&self, query: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError>;
+    /// In one transaction: reads the tenant's balance and what every gateway holds, asks
+    /// `decide` how much more to grant `gateway`, records it, and returns the gateway's totals.
+    async fn lease_credit(
+        &self,
+        gateway: &str,
+        tenant: &str,
+        need: Decimal,
+        decide: fn(LeaseView) -> Decimal,
+    ) -> Result<LeaseGrant, StoreError>;
 
     // --- agents ---
     /// Creates the region, site and nodes if missing and replaces the site's agent token.

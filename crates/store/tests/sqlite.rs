@@ -9,7 +9,9 @@ use std::path::Path;
 use rust_decimal::Decimal;
 use wattmesh_domain::ModelKind;
 use wattmesh_proto::agent::{NodeReport, ReplicaReport};
-use wattmesh_proto::api::{DeploymentSpec, Model, NodeSpec, ReplicaState, SiteSpec};
+use wattmesh_proto::api::{
+    DeploymentSpec, KeyPriority, Limits, Model, NodeSpec, ReplicaState, SiteSpec, TenantSpec,
+};
 use wattmesh_store::{
     AgentRegistration, NewApiKey, NewReplica, SiteHeartbeat, SqliteStore, Store, StoreError,
 };
@@ -32,6 +34,16 @@ fn model(name: &str) -> Model {
         kind: ModelKind::Chat,
         artifact: name.into(),
         memory_bytes: 1 << 30,
+        context_tokens: 4096,
+    }
+}
+
+fn tenant(name: &str) -> TenantSpec {
+    TenantSpec {
+        name: name.into(),
+        plan: Default::default(),
+        contact: None,
+        limits: Limits::default(),
     }
 }
 
@@ -55,7 +67,7 @@ async fn seed(s: &SqliteStore) {
     })
     .await
     .unwrap();
-    s.create_tenant("acme").await.unwrap();
+    s.create_tenant(&tenant("acme")).await.unwrap();
 }
 
 #[tokio::test]
@@ -153,7 +165,7 @@ async fn duplicates_conflict_and_missing_references_are_not_found() {
         Err(StoreError::NotFound { kind: "model", .. })
     ));
     assert!(matches!(
-        s.create_tenant("acme").await,
+        s.create_tenant(&tenant("acme")).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(
@@ -203,18 +215,22 @@ async fn api_keys_are_listed_hashed_and_revocable() {
         name: Some("ci".into()),
         prefix: "sk-wm-abc".into(),
         secret_sha256: format!("hash-{id}"),
+        models: None,
+        expires_at: None,
+        priority: KeyPriority::Interactive,
+        limits: Limits::default(),
     };
     s.create_api_key(&key("k1", "acme")).await.unwrap();
     assert!(matches!(
         s.create_api_key(&key("k2", "ghost")).await,
         Err(StoreError::NotFound { kind: "tenant", .. })
     ));
-    s.revoke_api_key("k1").await.unwrap();
+    s.revoke_api_key("k1", "admin").await.unwrap();
     let keys = s.list_api_keys().await.unwrap();
     assert_eq!(keys.len(), 1);
-    assert!(keys[0].revoked);
+    assert!(keys[0].revoked());
     assert!(matches!(
-        s.revoke_api_key("nope").await,
+        s.revoke_api_key("nope", "admin").await,
         Err(StoreError::NotFound { .. })
     ));
 }

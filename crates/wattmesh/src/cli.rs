@@ -33,6 +33,17 @@ pub enum Command {
     /// Manage customers' API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage tenants: plans, limits, credit.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// Manage gateway credentials.
+    #[command(subcommand)]
+    Gateways(GatewaysCommand),
+    /// Manage the price book.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+    /// Show a tenant's usage and cost.
+    Usage(UsageArgs),
     /// Show sites, nodes, deployments and replicas.
     Status(StatusArgs),
     /// Fetch and list models.
@@ -91,8 +102,24 @@ pub struct ControlArgs {
 pub struct GatewayArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    #[command(flatten)]
-    pub target: ControlTarget,
+    /// Control plane URL.
+    #[arg(
+        long,
+        env = "WATTMESH_CONTROL_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub control_url: String,
+    /// This gateway's token, from `wattmesh gateways create NAME`.
+    #[arg(long, env = "WATTMESH_GATEWAY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The usage spool (SQLite); usage waits here until the control plane has it. Keep it on
+    /// durable storage: what is in it is unbilled money.
+    #[arg(
+        long,
+        env = "WATTMESH_SPOOL",
+        default_value = "./wattmesh-gateway-spool.db"
+    )]
+    pub spool: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -128,13 +155,24 @@ pub struct AgentArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create an API key; the key is the last line of stdout.
+    /// Create an API key for an existing tenant; the key is the last line of stdout.
     Create {
         #[arg(long)]
         tenant: String,
         /// A label for the key.
         #[arg(long)]
         name: Option<String>,
+        /// A model the key may call (repeat for several; default every model).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// When the key stops working (RFC 3339, or a date).
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Scheduling class: interactive or batch.
+        #[arg(long, default_value = "interactive")]
+        priority: String,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         target: ControlTarget,
     },
@@ -145,7 +183,7 @@ pub enum KeysCommand {
         #[command(flatten)]
         target: ControlTarget,
     },
-    /// Revoke an API key by id.
+    /// Revoke an API key by its id or prefix, as `keys list` shows them.
     Revoke {
         id: String,
         #[command(flatten)]
@@ -213,4 +251,145 @@ impl AgentArgs {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("models"))
     }
+}
+
+/// Rate limits; an absent one is no limit.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute (prompt plus completion).
+    #[arg(long)]
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant.
+    Create {
+        name: String,
+        /// pay-as-you-go or prepaid.
+        #[arg(long, default_value = "pay-as-you-go")]
+        plan: String,
+        /// Who to reach about the account.
+        #[arg(long)]
+        contact: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// List tenants with their balances.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Show a tenant and its ledger.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Add prepaid credit.
+    TopUp {
+        name: String,
+        /// Amount in USD, e.g. 25.00.
+        amount: String,
+        /// The payment's reference; a repeated one is refused, so a retry never credits twice.
+        #[arg(long)]
+        reference: Option<String>,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Replace a tenant's rate limits (the flags given; none lifts them all).
+    Limits {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewaysCommand {
+    /// Create a gateway credential; the token is the last line of stdout.
+    Create {
+        name: String,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// List gateway credentials.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Replace a gateway's token (the old one stops working now); the new token is the last
+    /// line of stdout.
+    Rotate {
+        name: String,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// Set a model's price per million tokens, from now or from a later time.
+    Set {
+        model: String,
+        /// USD per million prompt tokens.
+        #[arg(long)]
+        input: String,
+        /// USD per million completion tokens.
+        #[arg(long)]
+        output: String,
+        /// A tenant's own price (a contracted discount) instead of the list price.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// RFC 3339 time or date it takes effect (default now).
+        #[arg(long)]
+        from: Option<String>,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// List every price version.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Tenant (default every tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// From this RFC 3339 time or date (default the start of this month, UTC).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Until this RFC 3339 time or date, exclusive (default now).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// model, key or day.
+    #[arg(long)]
+    pub group_by: Option<String>,
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: ControlTarget,
 }

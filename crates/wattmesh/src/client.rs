@@ -50,6 +50,22 @@ impl ControlClient {
         decode(resp).await
     }
 
+    pub async fn get_query<Q: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T> {
+        let resp = self
+            .send(self.http.get(self.url(path)).query(query))
+            .await?;
+        decode(resp).await
+    }
+
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let resp = self.send(self.http.put(self.url(path)).json(body)).await?;
+        decode(resp).await
+    }
+
     pub async fn patch<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -61,12 +77,9 @@ impl ControlClient {
         decode(resp).await
     }
 
-    pub async fn delete(&self, path: &str) -> Result<()> {
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self.send(self.http.delete(self.url(path))).await?;
-        if resp.status().is_success() {
-            return Ok(());
-        }
-        Err(api_error(resp).await)
+        decode(resp).await
     }
 
     /// POSTs a new object; a 409 Conflict means it is already there.
@@ -87,7 +100,10 @@ impl ControlClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        // Named in records that say who did what (a revoked key's `revoked_by`).
+        let operator = std::env::var("USER").unwrap_or_default();
         req.bearer_auth(&self.token)
+            .header("x-wattmesh-operator", operator)
             .send()
             .await
             .with_context(|| format!("cannot reach the control plane at {}", self.base))
@@ -134,4 +150,20 @@ pub fn read_secret(path: &Path) -> Result<String> {
         return Err(anyhow!("{} is empty", path.display()));
     }
     Ok(token)
+}
+
+/// Writes a secret readable by the owner only (0600).
+pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(format!("{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }

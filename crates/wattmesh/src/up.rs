@@ -9,8 +9,10 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use wattmesh_agent::Catalog;
 use wattmesh_proto::api::{
-    ApiKey, ApiKeyCreated, ApiKeySpec, DeploymentSpec, FleetStatus, Model, ReplicaState, Tenant,
+    ApiKey, ApiKeyCreated, ApiKeySpec, DeploymentSpec, FleetStatus, GatewayCreated, GatewaySpec,
+    Model, ReplicaState, Tenant, TenantSpec,
 };
+use wattmesh_proto::billing::{Price, PriceSpec};
 
 use crate::cli::UpArgs;
 use crate::client::{ControlClient, Created, read_secret};
@@ -28,6 +30,16 @@ const DEMO_TENANT: &str = "demo";
 const DEMO_KEY_NAME: &str = "demo";
 const DEMO_REPLICAS: u32 = 2;
 const NODE_MEMORY_BYTES: u64 = 4 << 30;
+/// The gateway `up` runs, and where its token and usage spool live in the data directory.
+const GATEWAY_NAME: &str = "local";
+const GATEWAY_TOKEN_FILE: &str = "gateway-token";
+const GATEWAY_SPOOL_FILE: &str = "gateway-spool.db";
+/// List prices per million prompt and completion tokens set on first start, so the demo's
+/// usage has a cost; `wattmesh prices set` changes them.
+const DEMO_PRICES: [(&str, &str, &str); 2] = [
+    ("smollm2-135m-instruct", "0.10", "0.40"),
+    ("all-minilm-l6-v2", "0.02", "0"),
+];
 
 pub async fn up(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
@@ -52,13 +64,19 @@ pub async fn up(args: UpArgs) -> Result<()> {
 
     let admin_token = read_secret(&args.data_dir.join("admin-token"))?;
     let bootstrap_token = read_secret(&args.data_dir.join("bootstrap-token"))?;
-    let client = ControlClient::new(&control_url, admin_token.clone())?;
+    let client = ControlClient::new(&control_url, admin_token)?;
     seed(&client, &catalog).await?;
     let demo_key = demo_key(&client).await?;
 
+    // The gateway gets a credential of its own, good for its config and usage only.
+    let gateway_token = gateway_token(&client, &args.data_dir).await?;
     let gateway_listener = bind(args.gateway_listen, "--gateway-listen").await?;
     let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
-    let options = wattmesh_gateway::GatewayOptions::new(control_url.clone(), admin_token);
+    let options = wattmesh_gateway::GatewayOptions::new(
+        control_url.clone(),
+        gateway_token,
+        args.data_dir.join(GATEWAY_SPOOL_FILE),
+    );
     services.spawn(
         "gateway",
         wattmesh_gateway::run(gateway_listener, options, services.shutdown.child_token()),
@@ -108,14 +126,45 @@ async fn bind(addr: std::net::SocketAddr, flag: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} (change {flag})"))
 }
 
-/// Creates the demo tenant, the catalog's models and one deployment per model, unless a
-/// previous start already did.
+/// The token of the gateway `up` runs: created on first start and kept (mode 0600) in the
+/// data directory, as an agent keeps its own; rotated if the file was lost.
+async fn gateway_token(client: &ControlClient, data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join(GATEWAY_TOKEN_FILE);
+    if let Ok(token) = read_secret(&path) {
+        return Ok(token);
+    }
+    let spec = GatewaySpec {
+        name: GATEWAY_NAME.to_owned(),
+    };
+    let created = match client
+        .create::<_, GatewayCreated>("/gateways", &spec)
+        .await?
+    {
+        Created::New(created) => created,
+        Created::Exists => {
+            client
+                .post(
+                    &format!("/gateways/{GATEWAY_NAME}/rotate"),
+                    &serde_json::json!({}),
+                )
+                .await?
+        }
+    };
+    crate::client::write_secret(&path, &created.token)?;
+    Ok(created.token)
+}
+
+/// Creates the demo tenant, the catalog's models with list prices and one deployment per
+/// model, unless a previous start already did.
 async fn seed(client: &ControlClient, catalog: &Catalog) -> Result<()> {
     let _: Created<Tenant> = client
         .create(
             "/tenants",
-            &Tenant {
+            &TenantSpec {
                 name: DEMO_TENANT.to_owned(),
+                plan: Default::default(),
+                contact: None,
+                limits: Default::default(),
             },
         )
         .await?;
@@ -125,8 +174,20 @@ async fn seed(client: &ControlClient, catalog: &Catalog) -> Result<()> {
             kind: m.kind,
             artifact: m.name.clone(),
             memory_bytes: m.memory_bytes,
+            context_tokens: wattmesh_proto::api::DEFAULT_CONTEXT_TOKENS,
         };
-        let _: Created<Model> = client.create("/models", &model).await?;
+        if let Created::New(_) = client.create::<_, Model>("/models", &model).await?
+            && let Some((_, input, output)) = DEMO_PRICES.iter().find(|p| p.0 == m.name)
+        {
+            let price = PriceSpec {
+                model: m.name.clone(),
+                tenant: None,
+                input_per_1m: input.parse().context("demo price")?,
+                output_per_1m: output.parse().context("demo price")?,
+                effective_from: None,
+            };
+            let _: Price = client.post("/prices", &price).await?;
+        }
         let deployment = DeploymentSpec {
             name: m.name.clone(),
             model: m.name.clone(),
@@ -154,6 +215,10 @@ async fn demo_key(client: &ControlClient) -> Result<DemoKey> {
     let spec = ApiKeySpec {
         tenant: DEMO_TENANT.to_owned(),
         name: Some(DEMO_KEY_NAME.to_owned()),
+        models: None,
+        expires_at: None,
+        priority: Default::default(),
+        limits: Default::default(),
     };
     let created: ApiKeyCreated = client.post("/keys", &spec).await?;
     Ok(DemoKey::New(created.secret))

@@ -1,10 +1,15 @@
 //! The HTTP surface: every route under `/api/v1`, the OpenAPI document, and the JSON answers
 //! for unknown routes and wrong methods. One module per area:
 //! - `fleet`: regions, sites, nodes; `workloads`: models, deployments, replicas, status;
-//! - `access`: tenants and API keys; `agent`: the agent protocol; `gateway`: its config feed.
+//! - `access`: tenants, API keys, gateway credentials; `billing`: prices, top-ups, ledgers,
+//!   usage reports;
+//! - `agent`: the agent protocol (agent tokens); `gateway`: the config feed, credit leases and
+//!   usage ingest (gateway tokens).
 
 mod access;
 mod agent;
+mod billing;
+mod customer;
 mod fleet;
 mod gateway;
 mod workloads;
@@ -13,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router, middleware};
 use tokio::sync::watch;
 use wattmesh_proto::agent::WatchQuery;
@@ -27,6 +32,7 @@ use crate::service::{AppState, BODY_LIMIT_BYTES, MAX_WATCH};
 
 pub(crate) use access::*;
 pub(crate) use agent::*;
+pub(crate) use billing::*;
 pub(crate) use fleet::*;
 pub(crate) use gateway::*;
 pub(crate) use workloads::*;
@@ -55,17 +61,38 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route(&v1("/replicas"), get(list_replicas))
         .route(&v1("/tenants"), post(create_tenant).get(list_tenants))
+        .route(&v1("/tenants/{name}"), get(get_tenant))
+        .route(&v1("/tenants/{name}/limits"), put(set_tenant_limits))
+        .route(&v1("/tenants/{name}/top-ups"), post(top_up))
+        .route(&v1("/tenants/{name}/ledger"), get(ledger))
         .route(&v1("/keys"), post(create_key).get(list_keys))
         .route(&v1("/keys/{id}"), delete(revoke_key))
+        .route(&v1("/gateways"), post(create_gateway).get(list_gateways))
+        .route(&v1("/gateways/{name}/rotate"), post(rotate_gateway))
+        .route(&v1("/prices"), post(set_price).get(list_prices))
+        .route(&v1("/usage"), get(usage_report))
         .route(&v1("/status"), get(status))
-        .route(&v1("/gateway/config"), get(gateway_config))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let agents = Router::new()
         .route(&v1("/agent/register"), post(register))
         .route(&v1("/agent/heartbeat"), post(heartbeat))
         .route(&v1("/agent/desired"), get(desired));
+    // Each of these authenticates its gateway itself (`GatewayCaller`).
+    let gateways = Router::new()
+        .route(&v1("/gateway/config"), get(gateway_config))
+        .route(&v1("/gateway/leases"), post(lease))
+        .route(&v1("/usage/batches"), post(ingest_usage));
+    // Customers' own usage and costs, with their API key (passed through by the gateway).
+    let customers = Router::new()
+        .route(
+            "/v1/organization/usage/completions",
+            get(customer::usage_completions),
+        )
+        .route("/v1/organization/costs", get(customer::costs));
     operator
         .merge(agents)
+        .merge(gateways)
+        .merge(customers)
         .route("/api/openapi.json", get(openapi_json))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)

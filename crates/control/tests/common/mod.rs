@@ -16,6 +16,8 @@ pub struct Harness {
     pub control: Control,
     pub admin: String,
     pub bootstrap: String,
+    /// The token of gateway `gw-1`, created by the harness.
+    pub gateway: String,
 }
 
 pub async fn harness() -> Harness {
@@ -30,11 +32,22 @@ pub async fn harness() -> Harness {
             .to_owned()
     };
     let (admin, bootstrap) = (read(ADMIN_TOKEN_FILE), read(BOOTSTRAP_TOKEN_FILE));
+    let (status, created) = call(
+        &control,
+        Method::POST,
+        "/api/v1/gateways",
+        Some(&admin),
+        Some(r#"{"name":"gw-1"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let gateway = created["token"].as_str().unwrap().to_owned();
     Harness {
         dir,
         control,
         admin,
         bootstrap,
+        gateway,
     }
 }
 
@@ -77,5 +90,14 @@ impl Harness {
         body: Option<&str>,
     ) -> (StatusCode, Value) {
         call(&self.control, method, uri, Some(&self.admin), body).await
+    }
+
+    pub async fn gateway(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        call(&self.control, method, uri, Some(&self.gateway), body).await
     }
 }

@@ -69,8 +69,8 @@ fn request(case: &Case) -> Request<Body> {
         .unwrap()
 }
 
-fn state() -> GatewayState {
-    let state = GatewayState::new(LIMIT);
+async fn state() -> (GatewayState, tempfile::TempDir) {
+    let (state, dir) = crate::testing::state(LIMIT).await;
     state.set_config(config(
         1,
         vec![
@@ -78,7 +78,7 @@ fn state() -> GatewayState {
             route("embed-m", ModelKind::Embedding, vec![]),
         ],
     ));
-    state
+    (state, dir)
 }
 
 #[tokio::test]
@@ -140,7 +140,7 @@ async fn broken_requests_get_openai_errors() {
         Case { name: "no replica for embeddings", method: post.clone(), path: "/v1/embeddings", auth: Some(bearer),
             payload: Payload::Json(r#"{"model":"embed-m","input":"hi"}"#), status: 503, error_type: "server_error", code: Some("service_unavailable") },
     ];
-    let state = state();
+    let (state, _spool) = state().await;
     for case in &cases {
         let resp = router(state.clone()).oneshot(request(case)).await.unwrap();
         let status = resp.status();
@@ -171,7 +171,7 @@ async fn broken_requests_get_openai_errors() {
 
 #[tokio::test]
 async fn before_the_first_config_requests_get_503_not_401() {
-    let state = GatewayState::new(LIMIT);
+    let (state, _spool) = crate::testing::state(LIMIT).await;
     for (method, path) in [
         (Method::POST, "/v1/chat/completions"),
         (Method::GET, "/v1/models"),
@@ -199,7 +199,8 @@ async fn before_the_first_config_requests_get_503_not_401() {
 
 #[tokio::test]
 async fn models_lists_routed_models_and_healthz_needs_no_key() {
-    let app = router(state());
+    let (state, _spool) = state().await;
+    let app = router(state);
     let req = Request::get("/v1/models")
         .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
         .body(Body::empty())

@@ -20,11 +20,12 @@ struct Gateway {
     base: String,
     client: reqwest::Client,
     _stop: tokio_util::sync::DropGuard,
+    _spool: tempfile::TempDir,
 }
 
 impl Gateway {
     async fn start(chat: Vec<RouteReplica>, embed: Vec<RouteReplica>) -> Self {
-        let state = GatewayState::new(4 << 20);
+        let (state, spool) = crate::testing::state(4 << 20).await;
         state.set_config(config(
             1,
             vec![
@@ -38,6 +39,7 @@ impl Gateway {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             _stop: stop.drop_guard(),
+            _spool: spool,
         }
     }
 

@@ -17,19 +17,26 @@ struct Running {
     client: reqwest::Client,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _spool: tempfile::TempDir,
 }
 
 async fn start(control_url: String) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let options = GatewayOptions::new(control_url, CONTROL_TOKEN.into());
+    let spool = tempfile::tempdir().unwrap();
+    let options = GatewayOptions::new(
+        control_url,
+        CONTROL_TOKEN.into(),
+        spool.path().join("spool.db"),
+    );
     let task = tokio::spawn(run(listener, options, shutdown.clone()));
     Running {
         base,
         client: reqwest::Client::new(),
         shutdown,
         task,
+        _spool: spool,
     }
 }
 

@@ -6,9 +6,11 @@
 //! compile-time `query!`), so building needs no database.
 //!
 //! Layout: `fleet` (regions, sites, nodes), `workloads` (models, deployments, replicas),
-//! `access` (tenants, API keys, agents, secrets, versions). The trait impl below only delegates.
+//! `access` (tenants, API keys, gateways, agents, secrets, versions), `billing` (prices, the
+//! ledger, usage events, credit leases). The trait impl below only delegates.
 
 mod access;
+mod billing;
 mod fleet;
 mod workloads;
 
@@ -17,17 +19,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rust_decimal::Decimal;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use wattmesh_proto::api::{DeploymentSpec, Model, NodeSpec, Region, SiteSpec, Tenant};
+use wattmesh_domain::pricing::LeaseView;
+use wattmesh_proto::api::{DeploymentSpec, Limits, Model, NodeSpec, Region, SiteSpec, TenantSpec};
+use wattmesh_proto::billing::{LedgerEntry, Price};
+use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::records::{
-    AgentRegistration, ApiKeyRecord, DeploymentRecord, NewApiKey, NewReplica, NodeRecord,
-    ReplicaRecord, SiteHeartbeat, SiteRecord,
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, GatewayRecord, NewApiKey, NewPrice,
+    NewReplica, NodeRecord, RatedEvent, ReplicaRecord, SiteHeartbeat, SiteRecord, TenantRecord,
+    UsageQuery, UsageTotal,
 };
 use crate::{Store, StoreError};
 
@@ -84,6 +91,12 @@ fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
 
 fn from_i64(what: &str, v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Invalid(format!("stored {what} {v} is negative")))
+}
+
+/// Reads a decimal stored as text; a value that does not parse is a corrupt row.
+fn parse_decimal(what: &str, s: &str) -> Result<Decimal, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Invalid(format!("stored {what} {s:?} is not a decimal")))
 }
 
 /// Maps a unique-key violation of an insert to `Conflict`, leaving other errors as they are.
@@ -167,11 +180,21 @@ impl Store for SqliteStore {
         workloads::apply_placements(&self.pool, add, remove).await
     }
 
-    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
-        access::create_tenant(&self.pool, name).await
+    async fn create_tenant(&self, spec: &TenantSpec) -> Result<TenantRecord, StoreError> {
+        access::create_tenant(&self.pool, spec).await
     }
-    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
         access::list_tenants(&self.pool).await
+    }
+    async fn get_tenant(&self, name: &str) -> Result<TenantRecord, StoreError> {
+        access::get_tenant(&self.pool, name).await
+    }
+    async fn set_tenant_limits(
+        &self,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<TenantRecord, StoreError> {
+        access::set_tenant_limits(&self.pool, name, limits).await
     }
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKeyRecord, StoreError> {
         access::create_api_key(&self.pool, key).await
@@ -179,8 +202,66 @@ impl Store for SqliteStore {
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         access::list_api_keys(&self.pool).await
     }
-    async fn revoke_api_key(&self, id: &str) -> Result<(), StoreError> {
-        access::revoke_api_key(&self.pool, id).await
+    async fn revoke_api_key(&self, id: &str, by: &str) -> Result<ApiKeyRecord, StoreError> {
+        access::revoke_api_key(&self.pool, id, by).await
+    }
+
+    async fn create_gateway(
+        &self,
+        name: &str,
+        token_sha256: &str,
+    ) -> Result<GatewayRecord, StoreError> {
+        access::create_gateway(&self.pool, name, token_sha256).await
+    }
+    async fn rotate_gateway(
+        &self,
+        name: &str,
+        token_sha256: &str,
+    ) -> Result<GatewayRecord, StoreError> {
+        access::rotate_gateway(&self.pool, name, token_sha256).await
+    }
+    async fn list_gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
+        access::list_gateways(&self.pool).await
+    }
+    async fn gateway_by_token(&self, token_sha256: &str) -> Result<Option<String>, StoreError> {
+        access::gateway_by_token(&self.pool, token_sha256).await
+    }
+
+    async fn add_price(&self, price: &NewPrice) -> Result<Price, StoreError> {
+        billing::add_price(&self.pool, price).await
+    }
+    async fn list_prices(&self) -> Result<Vec<Price>, StoreError> {
+        billing::list_prices(&self.pool).await
+    }
+    async fn top_up(
+        &self,
+        tenant: &str,
+        amount: Decimal,
+        reference: &str,
+    ) -> Result<LedgerEntry, StoreError> {
+        billing::top_up(&self.pool, tenant, amount, reference).await
+    }
+    async fn ledger(&self, tenant: &str) -> Result<Vec<LedgerEntry>, StoreError> {
+        billing::ledger(&self.pool, tenant).await
+    }
+    async fn ingest_usage(
+        &self,
+        gateway: &str,
+        events: &[RatedEvent],
+    ) -> Result<IngestReceipt, StoreError> {
+        billing::ingest_usage(&self.pool, gateway, events).await
+    }
+    async fn usage_totals(&self, query: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
+        billing::usage_totals(&self.pool, query).await
+    }
+    async fn lease_credit(
+        &self,
+        gateway: &str,
+        tenant: &str,
+        need: Decimal,
+        decide: fn(LeaseView) -> Decimal,
+    ) -> Result<LeaseGrant, StoreError> {
+        billing::lease_credit(&self.pool, gateway, tenant, need, decide).await
     }
 
     async fn register_agent(&self, registration: &AgentRegistration) -> Result<(), StoreError> {

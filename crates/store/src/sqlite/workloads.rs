@@ -20,6 +20,7 @@ struct ModelRow {
     kind: String,
     artifact: String,
     memory_bytes: i64,
+    context_tokens: i64,
 }
 
 impl TryFrom<ModelRow> for Model {
@@ -28,6 +29,9 @@ impl TryFrom<ModelRow> for Model {
         Ok(Model {
             kind: parse_kind(&r.kind)?,
             memory_bytes: from_i64("memory_bytes", r.memory_bytes)?,
+            context_tokens: u32::try_from(r.context_tokens).map_err(|_| {
+                StoreError::Invalid(format!("stored context_tokens {}", r.context_tokens))
+            })?,
             name: r.name,
             artifact: r.artifact,
         })
@@ -94,7 +98,7 @@ fn parse_kind(s: &str) -> Result<ModelKind, StoreError> {
     ModelKind::from_str(s).map_err(StoreError::Invalid)
 }
 
-const MODEL_COLUMNS: &str = "SELECT name, kind, artifact, memory_bytes FROM models";
+const MODEL_COLUMNS: &str = "SELECT name, kind, artifact, memory_bytes, context_tokens FROM models";
 const DEPLOYMENT_COLUMNS: &str = "SELECT d.name, d.model, d.replicas, m.memory_bytes \
                                   FROM deployments d JOIN models m ON m.name = d.model";
 const REPLICA_COLUMNS: &str = "SELECT r.id, r.deployment, d.model, m.kind, m.artifact, r.node, \
@@ -112,14 +116,21 @@ pub(super) async fn create_model(pool: &SqlitePool, model: &Model) -> Result<Mod
     if model.artifact.is_empty() {
         return Err(StoreError::Invalid("a model needs an artifact".into()));
     }
+    // No request fits in a context of 0 tokens: refused as a typo, like a limit of 0.
+    if model.context_tokens == 0 {
+        return Err(StoreError::Invalid(
+            "a model's context_tokens must be at least 1".into(),
+        ));
+    }
     sqlx::query(
-        "INSERT INTO models (name, kind, artifact, memory_bytes, created_at) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO models (name, kind, artifact, memory_bytes, context_tokens, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(&model.name)
     .bind(model.kind.as_str())
     .bind(&model.artifact)
     .bind(to_i64("memory_bytes", model.memory_bytes)?)
+    .bind(i64::from(model.context_tokens))
     .bind(now())
     .execute(pool)
     .await

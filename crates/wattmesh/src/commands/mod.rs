@@ -3,6 +3,7 @@
 pub mod deployments;
 pub mod keys;
 pub mod models;
+pub mod money;
 pub mod serve;
 pub mod status;
 
@@ -18,6 +19,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Gateway(args) => serve::gateway(args).await,
         Command::Agent(args) => serve::agent(args).await,
         Command::Keys(cmd) => keys::run(cmd).await,
+        Command::Tenants(cmd) => money::tenants(cmd).await,
+        Command::Gateways(cmd) => money::gateways(cmd).await,
+        Command::Prices(cmd) => money::prices(cmd).await,
+        Command::Usage(args) => money::usage(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Models(cmd) => models::run(cmd).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,

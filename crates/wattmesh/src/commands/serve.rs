@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use wattmesh_agent::{AgentConfig, Catalog};
 
 use crate::cli::{AgentArgs, ControlArgs, GatewayArgs};
-use crate::client::{admin_token, read_secret};
+use crate::client::read_secret;
 use crate::run::Services;
 
 pub async fn control(args: ControlArgs) -> Result<()> {
@@ -33,12 +33,12 @@ pub async fn control(args: ControlArgs) -> Result<()> {
 }
 
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
-    let token = admin_token(&args.target)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("gateway on http://{}/v1", listener.local_addr()?);
-    let options = wattmesh_gateway::GatewayOptions::new(args.target.control_url.clone(), token);
+    let options =
+        wattmesh_gateway::GatewayOptions::new(args.control_url.clone(), args.token, args.spool);
     let services = Services::new();
     services.spawn(
         "gateway",

@@ -1,0 +1,636 @@
+//! The usage spool and its shipper, against real files and a real (tiny) control plane on a
+//! loopback socket: durability, group commit, crash recovery, and at-least-once delivery.
+
+// Helpers outside `#[test]` fns panic on purpose too: this is a test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use wattmesh_gateway::spool::{Spool, SpoolError};
+use wattmesh_proto::usage::{Outcome, UsageEvent};
+
+/// How long a condition may take before the test fails instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn event(i: u64) -> UsageEvent {
+    UsageEvent {
+        id: format!("ev-{i:05}"),
+        request_id: format!("req-{i}"),
+        tenant: format!("tenant-{}", i % 3),
+        key_id: "key-1".into(),
+        model: "chat-m".into(),
+        deployment: "d1".into(),
+        replica: "r1".into(),
+        site: "s1".into(),
+        region: "eu".into(),
+        priority: "normal".into(),
+        prompt_tokens: 10 + i,
+        completion_tokens: 20,
+        started_at_ms: 1_700_000_000_000 + i as i64,
+        ttft_ms: Some(12),
+        duration_ms: 250,
+        status: 200,
+        outcome: Outcome::Completed,
+    }
+}
+
+fn cents(n: i64) -> Decimal {
+    Decimal::new(n, 2)
+}
+
+fn spend(i: u64) -> Option<(String, Decimal)> {
+    Some((format!("tenant-{}", i % 3), cents(1)))
+}
+
+/// Polls `check` until it holds, failing the test after [`DEADLINE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < give_up, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn wal_of(db: &Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// What a crash leaves: the database and its WAL as they are on disk now, copied while the
+/// spool still has them open (a clean close would checkpoint and delete the WAL).
+fn crash_copy(db: &Path, to_dir: &Path) -> PathBuf {
+    let copy = to_dir.join("crashed.db");
+    std::fs::copy(db, &copy).unwrap();
+    std::fs::copy(wal_of(db), wal_of(&copy)).unwrap();
+    copy
+}
+
+mod spool {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_appends_are_durable_in_order_with_fewer_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let spool = spool.clone();
+                tokio::spawn(async move { (i, spool.append(event(i), spend(i)).await.unwrap()) })
+            })
+            .collect();
+        let mut seq_of = HashMap::new();
+        for task in tasks {
+            let (i, seq) = task.await.unwrap();
+            seq_of.insert(format!("ev-{i:05}"), seq);
+        }
+
+        assert!(
+            spool.commits() < 100,
+            "group commit: {} commits for 200 appends",
+            spool.commits()
+        );
+        assert_eq!(spool.depth(), 200);
+        let stored = spool.oldest(1000).await.unwrap();
+        assert_eq!(stored.len(), 200);
+        let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "oldest is in seq order"
+        );
+        for (seq, event) in &stored {
+            assert_eq!(seq_of[&event.id], *seq, "append's seq names its event");
+        }
+
+        let spent = spool.spent().await.unwrap();
+        let expected: HashMap<String, Decimal> = [
+            ("tenant-0".to_string(), cents(67)),
+            ("tenant-1".to_string(), cents(67)),
+            ("tenant-2".to_string(), cents(66)),
+        ]
+        .into();
+        assert_eq!(spent, expected);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_unacked_events_and_spend_and_seqs_keep_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).await.unwrap();
+        assert_eq!(spool.oldest_started_at_ms(), None);
+        for i in 0..5 {
+            assert_eq!(spool.append(event(i), spend(i)).await.unwrap(), i + 1);
+        }
+        assert_eq!(spool.oldest_started_at_ms(), Some(event(0).started_at_ms));
+        assert_eq!(spool.ack(2).await.unwrap(), 2);
+        assert_eq!(spool.depth(), 3);
+        assert_eq!(spool.oldest_started_at_ms(), Some(event(2).started_at_ms));
+        drop(spool);
+
+        let spool = Spool::open(&path).await.unwrap();
+        assert_eq!(spool.depth(), 3);
+        assert_eq!(spool.oldest_started_at_ms(), Some(event(2).started_at_ms));
+        let left: Vec<(u64, UsageEvent)> = spool.oldest(10).await.unwrap();
+        assert_eq!(left, vec![(3, event(2)), (4, event(3)), (5, event(4))]);
+        let spent = spool.spent().await.unwrap();
+        assert_eq!(spent["tenant-0"], cents(2));
+        assert_eq!(spent["tenant-1"], cents(2));
+        assert_eq!(spent["tenant-2"], cents(1));
+
+        // Acking everything, even across a restart, never lets a seq be used again.
+        assert_eq!(spool.ack(5).await.unwrap(), 3);
+        assert_eq!((spool.depth(), spool.oldest_started_at_ms()), (0, None));
+        spool.shutdown().await;
+        let spool = Spool::open(&path).await.unwrap();
+        assert_eq!(spool.depth(), 0);
+        assert_eq!(spool.append(event(9), None).await.unwrap(), 6);
+        assert_eq!(spool.spent().await.unwrap()["tenant-0"], cents(2));
+    }
+
+    #[tokio::test]
+    async fn an_acked_event_is_gone_and_acking_again_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        for i in 0..3 {
+            spool.append(event(i), None).await.unwrap();
+        }
+        assert_eq!(spool.ack(1).await.unwrap(), 1);
+        assert_eq!(spool.ack(1).await.unwrap(), 0);
+        let ids: Vec<String> = spool
+            .oldest(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.id)
+            .collect();
+        assert_eq!(ids, ["ev-00001", "ev-00002"]);
+        assert_eq!(spool.oldest(1).await.unwrap().len(), 1, "limit is kept");
+    }
+
+    /// What the gateway does when a client goes away: the event is spooled from a `Drop`.
+    struct Metered {
+        spool: Spool,
+        event: Option<UsageEvent>,
+    }
+
+    impl Drop for Metered {
+        fn drop(&mut self) {
+            if let Some(event) = self.event.take() {
+                self.spool
+                    .append_detached(event, Some(("tenant-x".into(), cents(5))));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn append_detached_from_a_drop_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        drop(Metered {
+            spool: spool.clone(),
+            event: Some(event(7)),
+        });
+        eventually("the detached event is committed", || async {
+            spool.depth() == 1
+        })
+        .await;
+        assert_eq!(spool.oldest(10).await.unwrap(), vec![(1, event(7))]);
+        assert_eq!(spool.spent().await.unwrap()["tenant-x"], cents(5));
+    }
+
+    /// More detached appends than the queue holds, some from outside any runtime: the ones that
+    /// find it full wait in a task or a thread, and none is lost.
+    #[tokio::test]
+    async fn append_detached_loses_nothing_when_the_queue_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        // On this single-threaded runtime the writer cannot drain while this loop runs.
+        for i in 0..5000 {
+            spool.append_detached(event(i), spend(i));
+        }
+        let outside = spool.clone();
+        std::thread::spawn(move || {
+            for i in 5000..5010 {
+                outside.append_detached(event(i), spend(i));
+            }
+        })
+        .join()
+        .unwrap();
+        eventually("all 5010 detached events are committed", || async {
+            spool.depth() == 5010
+        })
+        .await;
+        let ids: BTreeSet<String> = spool
+            .oldest(10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.id)
+            .collect();
+        assert_eq!(ids, (0..5010).map(|i| event(i).id).collect());
+        let total: Decimal = spool.spent().await.unwrap().values().sum();
+        assert_eq!(total, cents(5010));
+    }
+
+    #[tokio::test]
+    async fn an_append_that_returned_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).await.unwrap();
+        spool.append(event(1), spend(1)).await.unwrap();
+
+        let after = tempfile::tempdir().unwrap();
+        let crashed = Spool::open(&crash_copy(&path, after.path())).await.unwrap();
+        assert_eq!(crashed.oldest(10).await.unwrap(), vec![(1, event(1))]);
+        assert_eq!(crashed.spent().await.unwrap()["tenant-1"], cents(1));
+        drop(spool);
+    }
+
+    #[tokio::test]
+    async fn a_wal_cut_mid_frame_recovers_the_commits_before_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).await.unwrap();
+        for i in 0..10 {
+            spool.append(event(i), spend(i)).await.unwrap();
+        }
+        let wal_after_10 = std::fs::metadata(wal_of(&path)).unwrap().len();
+        for i in 10..20 {
+            spool.append(event(i), spend(i)).await.unwrap();
+        }
+
+        let after = tempfile::tempdir().unwrap();
+        let copy = crash_copy(&path, after.path());
+        drop(spool);
+        let wal = std::fs::read(wal_of(&copy)).unwrap();
+        let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as u64;
+        let cut = wal_after_10 + (24 + page_size) / 2;
+        assert!(
+            cut < wal.len() as u64,
+            "the cut falls inside the later commits"
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(wal_of(&copy))
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+
+        let recovered = Spool::open(&copy).await.unwrap();
+        let events = recovered.oldest(100).await.unwrap();
+        assert_eq!(
+            events,
+            (0..10).map(|i| (i + 1, event(i))).collect::<Vec<_>>(),
+            "exactly the ten commits before the cut"
+        );
+        assert_eq!(recovered.depth(), 10);
+        let total: Decimal = recovered.spent().await.unwrap().values().sum();
+        assert_eq!(total, cents(10), "spend agrees with the events kept");
+        // And it goes on: the next seq follows the last one kept.
+        assert_eq!(recovered.append(event(99), None).await.unwrap(), 11);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        std::fs::write(
+            &path,
+            "these are not the pages you are looking for\n".repeat(100),
+        )
+        .unwrap();
+        let err = Spool::open(&path).await.unwrap_err();
+        assert!(matches!(&err, SpoolError::Open { path: p, .. } if *p == path));
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("not a database"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("spool.db");
+        let err = Spool::open(&path).await.unwrap_err();
+        assert!(matches!(&err, SpoolError::Open { path: p, .. } if *p == path));
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_what_was_queued_then_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).await.unwrap();
+        for i in 0..50 {
+            spool.append_detached(event(i), spend(i));
+        }
+        let other = spool.clone();
+        spool.shutdown().await;
+        assert!(matches!(
+            other.append(event(99), None).await,
+            Err(SpoolError::Closed)
+        ));
+        assert!(matches!(other.ack(1).await, Err(SpoolError::Closed)));
+        other.append_detached(event(100), None); // logged, no panic
+        drop(other);
+        assert!(!wal_of(&path).exists(), "a clean close checkpoints the WAL");
+
+        let spool = Spool::open(&path).await.unwrap();
+        assert_eq!(spool.depth(), 50);
+        let total: Decimal = spool.spent().await.unwrap().values().sum();
+        assert_eq!(total, cents(50));
+    }
+}
+
+mod shipper {
+    use std::sync::Mutex;
+
+    use axum::Json;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use tokio_util::sync::CancellationToken;
+    use wattmesh_gateway::shipper::{ShipperStats, run_shipper, run_shipper_with_stats};
+    use wattmesh_proto::usage::{IngestReceipt, UsageBatch};
+
+    use super::*;
+
+    const TOKEN: &str = "gw-token";
+
+    /// How the fake control plane answers each POST, in turn; `Accept` once the script ends.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Answer {
+        Accept,
+        /// 503 without looking at the batch.
+        Unavailable,
+        /// 400: the batch is refused.
+        Refuse,
+        /// Stores the batch, then answers 500: the answer is lost, the batch will come again.
+        StoreThenFail,
+    }
+
+    #[derive(Default)]
+    struct Ingest {
+        script: Vec<Answer>,
+        posts: usize,
+        /// Every id received in a stored batch, duplicates included, in order.
+        received: Vec<String>,
+        stored: BTreeSet<String>,
+    }
+
+    type Shared = Arc<Mutex<Ingest>>;
+
+    async fn ingest(
+        State(state): State<Shared>,
+        headers: HeaderMap,
+        Json(batch): Json<UsageBatch>,
+    ) -> Response {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if auth != Some(&format!("Bearer {TOKEN}")) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        let mut state = state.lock().unwrap();
+        let answer = state
+            .script
+            .get(state.posts)
+            .copied()
+            .unwrap_or(Answer::Accept);
+        state.posts += 1;
+        match answer {
+            Answer::Unavailable => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            Answer::Refuse => {
+                return (StatusCode::BAD_REQUEST, "event ev-00000: unknown model").into_response();
+            }
+            Answer::Accept | Answer::StoreThenFail => {}
+        }
+        let mut receipt = IngestReceipt {
+            accepted: 0,
+            duplicates: 0,
+        };
+        for event in batch.events {
+            state.received.push(event.id.clone());
+            if state.stored.insert(event.id) {
+                receipt.accepted += 1;
+            } else {
+                receipt.duplicates += 1;
+            }
+        }
+        if answer == Answer::StoreThenFail {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        Json(receipt).into_response()
+    }
+
+    /// A control plane on 127.0.0.1:0 answering by `script`; returns its URL.
+    async fn control_plane(script: Vec<Answer>) -> (String, Shared) {
+        let state: Shared = Arc::new(Mutex::new(Ingest {
+            script,
+            ..Ingest::default()
+        }));
+        let app = axum::Router::new()
+            .route("/api/v1/usage/batches", axum::routing::post(ingest))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, state)
+    }
+
+    struct Running {
+        spool: Spool,
+        stats: Arc<ShipperStats>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start(url: &str, events: u64) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        for i in 0..events {
+            spool.append(event(i), spend(i)).await.unwrap();
+        }
+        let stats = Arc::new(ShipperStats::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_shipper_with_stats(
+            spool.clone(),
+            reqwest::Client::new(),
+            format!("{url}/"),
+            TOKEN.into(),
+            stats.clone(),
+            shutdown.clone(),
+        ));
+        Running {
+            spool,
+            stats,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn all_ids(n: u64) -> BTreeSet<String> {
+        (0..n).map(|i| event(i).id).collect()
+    }
+
+    #[tokio::test]
+    async fn shipper_rides_out_an_outage_and_loses_nothing() {
+        let (url, ingest) = control_plane(vec![Answer::Unavailable, Answer::Unavailable]).await;
+        let run = start(&url, 1200).await;
+
+        eventually("the spool is shipped empty", || async {
+            run.spool.depth() == 0
+        })
+        .await;
+        {
+            let ingest = ingest.lock().unwrap();
+            assert_eq!(ingest.stored, all_ids(1200));
+            assert_eq!(ingest.received.len(), 1200, "nothing was sent twice");
+            assert_eq!(ingest.posts, 2 + 3, "two refusals, then 500 + 500 + 200");
+        }
+        assert_eq!(run.stats.failures(), 2);
+        assert_eq!(run.stats.consecutive_failures(), 0);
+        assert_eq!(
+            (run.stats.batches_shipped(), run.stats.events_shipped()),
+            (3, 1200)
+        );
+        assert!(run.stats.last_error_at_ms().is_some());
+        assert!(run.spool.oldest(1).await.unwrap().is_empty());
+
+        run.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, run.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Lost answers make the shipper send batches again: duplicates arrive, but every event
+    /// arrives, including the ones appended while it ships.
+    #[tokio::test]
+    async fn shipper_delivers_every_event_at_least_once() {
+        let (url, ingest) = control_plane(vec![
+            Answer::StoreThenFail,
+            Answer::Accept,
+            Answer::Unavailable,
+            Answer::StoreThenFail,
+            Answer::StoreThenFail,
+        ])
+        .await;
+        let run = start(&url, 700).await;
+        for i in 700..1000 {
+            run.spool.append(event(i), spend(i)).await.unwrap();
+        }
+
+        eventually("every event is stored", || async {
+            run.spool.depth() == 0 && ingest.lock().unwrap().stored.len() == 1000
+        })
+        .await;
+        {
+            let ingest = ingest.lock().unwrap();
+            assert_eq!(ingest.stored, all_ids(1000), "none lost");
+            let received: BTreeSet<String> = ingest.received.iter().cloned().collect();
+            assert_eq!(received, all_ids(1000));
+            assert!(ingest.received.len() > 1000, "lost answers caused replays");
+            // Receipts that came back report replays; the lost ones could not.
+            let replays = ingest.received.len() as u64 - 1000;
+            assert!((1..=replays).contains(&run.stats.duplicates()));
+        }
+        run.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, run.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A batch the control plane refuses is not dropped: it stays spooled and is retried, and
+    /// goes through once the control plane takes it.
+    #[tokio::test]
+    async fn shipper_keeps_a_refused_batch() {
+        let (url, ingest) = control_plane(vec![Answer::Refuse; 3]).await;
+        let run = start(&url, 10).await;
+
+        eventually("three refusals", || async {
+            ingest.lock().unwrap().posts >= 3
+        })
+        .await;
+        assert!(run.stats.failures() >= 3);
+        eventually("then it is shipped", || async { run.spool.depth() == 0 }).await;
+        assert_eq!(ingest.lock().unwrap().stored, all_ids(10));
+        run.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, run.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn shipper_wakes_on_append() {
+        let (url, ingest) = control_plane(Vec::new()).await;
+        let run = start(&url, 0).await;
+        // Let it find the spool empty and go to sleep on the notify.
+        eventually("idle", || async { run.spool.depth() == 0 }).await;
+        let started = tokio::time::Instant::now();
+        run.spool.append(event(1), None).await.unwrap();
+        eventually("shipped", || async {
+            ingest.lock().unwrap().stored.len() == 1
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "woken by the append, not the 1 s poll: {:?}",
+            started.elapsed()
+        );
+        run.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, run.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// At shutdown the shipper makes one last attempt before returning.
+    #[tokio::test]
+    async fn shipper_flushes_at_shutdown() {
+        let (url, ingest) = control_plane(Vec::new()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        for i in 0..600 {
+            spool.append(event(i), None).await.unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        run_shipper(
+            spool.clone(),
+            reqwest::Client::new(),
+            url,
+            TOKEN.into(),
+            shutdown,
+        )
+        .await;
+        assert_eq!(spool.depth(), 0);
+        assert_eq!(ingest.lock().unwrap().stored, all_ids(600));
+    }
+
+    /// With the control plane gone, shutdown still returns promptly and keeps the events.
+    #[tokio::test]
+    async fn shipper_shutdown_with_no_control_plane_keeps_events() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener); // nothing listens there now
+        let run = start(&url, 5).await;
+        eventually("a failure", || async { run.stats.failures() > 0 }).await;
+        run.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.spool.depth(), 5);
+    }
+}
