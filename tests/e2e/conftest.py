@@ -103,11 +103,13 @@ class Fleet:
     def start(self):
         self.up = Proc(
             [binary(), "up", "--data-dir", str(self.data_dir), "--models-dir", models_dir(),
-             "--gateway-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"],
+             "--gateway-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
+             "--gateway-metrics-listen", "127.0.0.1:0"],
             self.log_dir / "up.log",
         )
         self.gateway_url = self.up.wait_for(r"gateway\s+(http://\S+/v1)").group(1)
         self.control_url = self.up.wait_for(r"control API\s+(http://[^/\s]+)").group(1)
+        self.metrics_url = self.up.wait_for(r"metrics\s+(http://\S+/metrics)").group(1)
         self.up.wait_for(r"all \d+ replicas ready", timeout=300)
         return self
 

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 
+import httpx
 import openai
 import pytest
 
@@ -213,3 +214,69 @@ def test_a_key_reaches_only_its_models(fleet):
     with pytest.raises(openai.NotFoundError) as err:
         c.chat.completions.create(model=CHAT, messages=HELLO, max_tokens=1)
     assert err.value.code == "model_not_found"
+
+
+def test_customers_read_their_own_usage_and_costs_through_the_gateway(fleet):
+    mine, theirs = tenant(fleet), tenant(fleet)
+    key, other = new_key(fleet, mine), new_key(fleet, theirs)
+    r = client(fleet, key).chat.completions.create(model=CHAT, messages=HELLO, max_tokens=3)
+    e = client(fleet, key).embeddings.create(model=EMBED, input="counted apart")
+    client(fleet, other).chat.completions.create(model=CHAT, messages=HELLO, max_tokens=3)
+    wait_for("usage to be billed", lambda: (usage_rows(fleet, mine) or [{}])[0].get("requests") == 2)
+
+    def get(path, **params):
+        resp = httpx.get(f"{fleet.gateway_url}/organization/{path}", params=params,
+                         headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-request-id"].startswith("req_")
+        page = resp.json()
+        assert page["object"] == "page"
+        return [x for b in page["data"] for x in b["results"]]
+
+    start = int(time.time()) - 3600
+    completions = get("usage/completions", start_time=start, bucket_width="1h",
+                      group_by=["model", "api_key_id"])
+    assert len(completions) == 1, completions
+    assert completions[0]["model"] == CHAT
+    assert completions[0]["input_tokens"] == r.usage.prompt_tokens
+    assert completions[0]["output_tokens"] == r.usage.completion_tokens
+    assert completions[0]["num_model_requests"] == 1
+    embeddings = get("usage/embeddings", start_time=start, bucket_width="1h")
+    assert [x["input_tokens"] for x in embeddings] == [e.usage.prompt_tokens]
+    costs = get("costs", start_time=start, group_by="line_item")
+    assert {c["line_item"] for c in costs} == {CHAT, EMBED}
+    assert all(c["amount"]["currency"] == "usd" and c["amount"]["value"] > 0 for c in costs)
+    # Parameters we do not have are refused, not ignored.
+    resp = httpx.get(f"{fleet.gateway_url}/organization/costs",
+                     params={"start_time": start, "project_ids": "p"},
+                     headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_gateway_metrics_count_requests_tokens_rejections_and_the_spool(fleet):
+    name = tenant(fleet)
+    key = new_key(fleet, name, "--rpm", "1")
+    c = client(fleet, key)
+    r = c.embeddings.create(model=EMBED, input="measured")
+    with pytest.raises(openai.RateLimitError):
+        c.embeddings.create(model=EMBED, input="refused")
+    text = httpx.get(fleet.metrics_url, timeout=10).text
+
+    def sample(metric, **labels):
+        for line in text.splitlines():
+            if line.startswith(metric + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        pytest.fail(f"no {metric} {labels} in:\n{text}")
+
+    assert sample("wattmesh_gateway_requests_total", tenant=name, model=EMBED, status=200) == 1
+    assert sample("wattmesh_gateway_requests_total", tenant=name, model=EMBED, status=429) == 1
+    assert sample("wattmesh_gateway_tokens_total", tenant=name, direction="prompt") == \
+        r.usage.prompt_tokens
+    assert sample("wattmesh_gateway_rejections_total", reason="rate_limit") >= 1
+    for metric in ["wattmesh_gateway_request_duration_seconds_bucket",
+                   "wattmesh_gateway_overhead_seconds_bucket", "wattmesh_gateway_ttft_seconds_bucket",
+                   "wattmesh_gateway_spool_depth", "wattmesh_gateway_shipping_lag_seconds"]:
+        assert metric in text, metric
+    # The customers' port does not serve them: tenant names are in the labels.
+    assert httpx.get(f"{fleet.gateway_url}/../metrics".replace("/v1/..", ""),
+                     headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 404

@@ -72,7 +72,8 @@ class Cluster:
         token, port = self.gateways[name]
         self.procs[name] = Proc(
             [binary(), "gateway", "--listen", f"127.0.0.1:{port}", "--control-url",
-             self.control_url, "--token", token, "--spool", str(self.root / f"{name}.spool")],
+             self.control_url, "--token", token, "--spool", str(self.root / f"{name}.spool"),
+             "--metrics-listen", "127.0.0.1:0"],
             self.root / f"{name}.log")
         self.procs[name].wait_for(r"gateway on")
         return f"http://127.0.0.1:{port}/v1"

@@ -59,6 +59,7 @@ enum Event {
         id: String,
         generation: u64,
         endpoint: String,
+        access_token: String,
     },
     /// The run ended without being asked to.
     Ended {
@@ -238,9 +239,14 @@ impl<L: ReplicaLauncher> Converger<L> {
             Event::Starting { message, .. } => {
                 slot.report = report(&id, ReplicaState::Starting, None, Some(message));
             }
-            Event::Ready { endpoint, .. } => {
+            Event::Ready {
+                endpoint,
+                access_token,
+                ..
+            } => {
                 tracing::info!(site = %self.site.site, replica = %id, %endpoint, "replica ready");
                 slot.report = report(&id, ReplicaState::Ready, Some(endpoint), None);
+                slot.report.access_token = Some(access_token);
                 if let Some(run) = &mut slot.run {
                     run.ready_since = Some(Instant::now());
                 }
@@ -313,6 +319,7 @@ fn report(
         state,
         endpoint,
         message,
+        access_token: None,
     }
 }
 
@@ -400,6 +407,7 @@ where
         id,
         generation,
         endpoint: launched.endpoint,
+        access_token: launched.access_token,
     })
     .await;
     launched

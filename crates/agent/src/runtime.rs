@@ -23,6 +23,9 @@ pub type Serving = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
 pub struct Launched {
     /// Base URL of the replica's OpenAI server, e.g. `http://127.0.0.1:41234`.
     pub endpoint: String,
+    /// What a caller must present (`Authorization: Bearer`) to be served: reported to the
+    /// control plane, which gives it to gateways only.
+    pub access_token: String,
     pub serving: Serving,
 }
 
@@ -83,8 +86,13 @@ async fn launch_embedded(
         .await
         .map_err(LaunchError::Bind)?;
     let addr = listener.local_addr().map_err(LaunchError::Bind)?;
+    // A fresh credential per run of the replica, never written anywhere: the agent reports
+    // it to the control plane, which hands it to gateways.
+    let access_token = format!("wm-replica-{}", hex::encode(rand::random::<[u8; 16]>()));
+    let access = wattmesh_engine::Access::Token(access_token.clone());
     Ok(Launched {
         endpoint: format!("http://{addr}"),
-        serving: Box::pin(wattmesh_engine::serve(listener, replica, shutdown)),
+        access_token,
+        serving: Box::pin(wattmesh_engine::serve(listener, replica, access, shutdown)),
     })
 }

@@ -245,6 +245,7 @@ impl ReplicaLauncher for FakeEngine {
         };
         Ok(Launched {
             endpoint,
+            access_token: format!("fake-token-{}", assignment.id),
             serving: Box::pin(serving),
         })
     }
@@ -382,6 +383,10 @@ async fn ready_endpoint(control: &RunningControl, version: u64, id: &str) -> Str
     eventually(&format!("{id} ready at version {version}"), || async {
         let replicas = control.reported(version)?;
         let r = replicas.iter().find(|r| r.id == id)?;
+        if r.state == ReplicaState::Ready {
+            // A ready replica is reported with the credential its launcher made for it.
+            assert_eq!(r.access_token, Some(format!("fake-token-{id}")));
+        }
         (r.state == ReplicaState::Ready)
             .then(|| r.endpoint.clone())
             .flatten()

@@ -9,6 +9,8 @@
 //! - `liveness.rs`: which sites heartbeat on time (tokio's clock, so tests can pause it).
 //! - `plan.rs`: pure — store rows in, `wattmesh_domain::place` called, the replica diff out.
 //! - `views.rs`: pure — store rows to API, desired-state and gateway-config shapes.
+//! - `invoice.rs`: pure — a month's usage and replica time to an invoice.
+//! - `accrual.rs`: the task that charges dedicated deployments their replica time.
 //! - `reconciler.rs`: the thin driver: snapshot, plan, apply, publish versioned watch state.
 //! - `extract.rs`: JSON/query extractors with JSON errors, admin and agent authentication.
 //! - `routes/`: the handlers, one module per area; `openapi.rs`: the OpenAPI document.
@@ -17,10 +19,12 @@
 //! gathers snapshots, calls it, and writes the result. **API boundary:** every response body,
 //! success or error, is a `wattmesh_proto` type.
 
+mod accrual;
 mod clock;
 mod config;
 mod error;
 mod extract;
+mod invoice;
 mod liveness;
 mod openapi;
 mod plan;

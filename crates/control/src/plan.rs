@@ -121,6 +121,7 @@ mod tests {
             model: "m".into(),
             replicas,
             memory_bytes: 1,
+            dedicated_to: None,
         }
     }
 

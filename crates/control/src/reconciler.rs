@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
-use wattmesh_proto::agent::{DesiredState, ReplicaAssignment};
+use wattmesh_proto::agent::{DesiredState, ReplicaAssignment, ReplicaReport};
 use wattmesh_proto::gateway::GatewayConfig;
 use wattmesh_store::{NewReplica, Store, StoreError};
 
@@ -58,6 +58,10 @@ struct StepState {
 pub(crate) struct Reconciler {
     store: Arc<dyn Store>,
     pub(crate) liveness: Liveness,
+    /// Replicas' access tokens by (site, replica id), as their agents reported them. In memory
+    /// only — a credential is never written to the store — and forgotten on restart like
+    /// every other replica report; agents tell it again within a heartbeat.
+    replica_tokens: std::sync::Mutex<BTreeMap<(String, String), String>>,
     step: Mutex<StepState>,
     published: watch::Sender<Arc<Published>>,
 }
@@ -70,6 +74,7 @@ impl Reconciler {
         Ok(Self {
             store,
             liveness,
+            replica_tokens: std::sync::Mutex::default(),
             step: Mutex::new(StepState {
                 versions,
                 ..StepState::default()
@@ -84,6 +89,27 @@ impl Reconciler {
 
     pub(crate) fn current(&self) -> Arc<Published> {
         self.published.borrow().clone()
+    }
+
+    /// Takes the access tokens in `site`'s replica reports; returns whether any changed.
+    pub(crate) fn note_tokens(&self, site: &str, reports: &[ReplicaReport]) -> bool {
+        let mut tokens = self
+            .replica_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut changed = false;
+        for r in reports {
+            let key = (site.to_owned(), r.id.clone());
+            match &r.access_token {
+                Some(t) if tokens.get(&key) != Some(t) => {
+                    tokens.insert(key, t.clone());
+                    changed = true;
+                }
+                Some(_) => {}
+                None => changed |= tokens.remove(&key).is_some(),
+            }
+        }
+        changed
     }
 
     /// Runs a step after a change that already succeeded; a failure is logged and left to
@@ -145,6 +171,11 @@ impl Reconciler {
             deployments: &deployments,
             replicas: &replicas,
             ready_sites: &ready,
+            replica_tokens: &self
+                .replica_tokens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
             // Keys expire and prices come into force with time: the tick republishes.
             now_ms: crate::clock::now_ms(),
         });

@@ -136,6 +136,11 @@ impl Control {
             }
         });
         tasks.spawn(self.state.reconciler.clone().tick_until(stop.clone()));
+        tasks.spawn(crate::accrual::run(
+            self.state.store.clone(),
+            self.state.reconciler.clone(),
+            stop.clone(),
+        ));
         let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await;

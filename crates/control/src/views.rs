@@ -46,6 +46,7 @@ pub(crate) fn deployment(
         name: r.name.clone(),
         model: r.model.clone(),
         replicas: r.replicas,
+        dedicated_to: r.dedicated_to.clone(),
         unschedulable: unschedulable.get(&r.name).copied().unwrap_or(0),
     }
 }
@@ -188,6 +189,8 @@ pub(crate) struct GatewayInputs<'a> {
     pub deployments: &'a [DeploymentRecord],
     pub replicas: &'a [ReplicaRecord],
     pub ready_sites: &'a BTreeSet<String>,
+    /// Replicas' access tokens by (site, replica id).
+    pub replica_tokens: &'a BTreeMap<(String, String), String>,
     pub now_ms: i64,
 }
 
@@ -203,6 +206,7 @@ pub(crate) fn gateway_config(inputs: &GatewayInputs<'_>) -> GatewayConfig {
         deployments,
         replicas,
         ready_sites,
+        replica_tokens,
         now_ms,
     } = *inputs;
     let keys = keys
@@ -227,6 +231,10 @@ pub(crate) fn gateway_config(inputs: &GatewayInputs<'_>) -> GatewayConfig {
         })
         .collect();
     let by_name: BTreeMap<&str, &Model> = models.iter().map(|m| (m.name.as_str(), m)).collect();
+    let dedicated: BTreeMap<&str, &str> = deployments
+        .iter()
+        .filter_map(|d| Some((d.name.as_str(), d.dedicated_to.as_deref()?)))
+        .collect();
     let mut routes: BTreeMap<&str, Vec<RouteReplica>> = deployments
         .iter()
         .map(|d| (d.model.as_str(), Vec::new()))
@@ -242,6 +250,10 @@ pub(crate) fn gateway_config(inputs: &GatewayInputs<'_>) -> GatewayConfig {
             .push(RouteReplica {
                 id: r.id.clone(),
                 deployment: r.deployment.clone(),
+                dedicated_to: dedicated
+                    .get(r.deployment.as_str())
+                    .map(|t| (*t).to_owned()),
+                access_token: replica_tokens.get(&(r.site.clone(), r.id.clone())).cloned(),
                 endpoint: endpoint.clone(),
                 site: r.site.clone(),
                 region: r.region.clone(),

@@ -252,6 +252,7 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
             state: ReplicaState::Ready,
             endpoint: Some(format!("http://127.0.0.1:{port}")),
             message: None,
+            access_token: Some(format!("tok-{port}")),
         }];
     }
     let gw_version = |c: &GatewayConfig| c.version;
@@ -260,6 +261,14 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
     })
     .await;
     assert_eq!(both.models[0].model, "smol");
+    // Each route carries its replica's access token, as its own site reported it.
+    for r in &both.models[0].replicas {
+        let port = r.endpoint.rsplit(':').next().unwrap();
+        assert_eq!(
+            r.access_token.as_deref(),
+            Some(format!("tok-{port}").as_str())
+        );
+    }
 
     // A long-poll with the current version waits, and answers when the version moves.
     let v = both.version;
@@ -341,6 +350,7 @@ async fn agents_register_converge_serve_go_stale_and_scale() {
         state: ReplicaState::Ready,
         endpoint: Some("http://127.0.0.1:9003".into()),
         message: None,
+        access_token: Some("tok-9003".into()),
     }];
     watch_until(&api, "/api/v1/gateway/config", &gateway, gw_version, |c| {
         route_sites(c) == ["addis-1", "georgia-1"]

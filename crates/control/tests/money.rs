@@ -448,3 +448,94 @@ async fn customers_see_their_own_usage_and_costs_and_nobody_else_s() {
     let (status, _) = call(&h.control, Method::GET, &usage, Some(&keys[0].1), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn dedicated_deployments_are_priced_by_the_hour_and_their_tokens_are_free_to_their_tenant() {
+    let h = harness().await;
+    seed(&h).await;
+    let (status, d) = h
+        .admin(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(r#"{"name":"acme-smol","model":"smol","replicas":2,"dedicated_to":"acme"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{d}");
+    assert_eq!(d["dedicated_to"], "acme");
+    let (bad, nf) = (StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND);
+    h.admin(
+        Method::POST,
+        "/api/v1/deployments",
+        Some(r#"{"name":"shared","model":"smol","replicas":1}"#),
+    )
+    .await;
+    #[rustfmt::skip]
+    let cases: &[Case] = &[
+        ("dedicated to a ghost", Method::POST, "/api/v1/deployments", Some(r#"{"name":"x","model":"smol","replicas":1,"dedicated_to":"ghost"}"#), nf),
+        ("hourly price of a shared deployment", Method::POST, "/api/v1/prices/dedicated", Some(r#"{"deployment":"shared","per_replica_hour":"1"}"#), bad),
+        ("hourly price of a ghost", Method::POST, "/api/v1/prices/dedicated", Some(r#"{"deployment":"ghost","per_replica_hour":"1"}"#), nf),
+        ("negative hourly price", Method::POST, "/api/v1/prices/dedicated", Some(r#"{"deployment":"acme-smol","per_replica_hour":"-1"}"#), bad),
+        ("invoice of no month", Method::GET, "/api/v1/tenants/acme/invoices/2026-13", None, bad),
+        ("invoice of a malformed month", Method::GET, "/api/v1/tenants/acme/invoices/December", None, bad),
+        ("invoices of a ghost", Method::GET, "/api/v1/tenants/ghost/invoices", None, nf),
+    ];
+    for (what, method, uri, body, want) in cases {
+        let (status, resp) = h.admin(method.clone(), uri, *body).await;
+        assert_eq!(status, *want, "{what}: {resp}");
+    }
+    let (status, p) = h
+        .admin(
+            Method::POST,
+            "/api/v1/prices/dedicated",
+            Some(r#"{"deployment":"acme-smol","per_replica_hour":"1.20"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    h.admin(
+        Method::POST,
+        "/api/v1/prices",
+        Some(r#"{"model":"smol","input_per_1m":"1","output_per_1m":"1"}"#),
+    )
+    .await;
+    // The gateway config tells gateways whose replicas are whose.
+    let t = now_ms() + 5;
+    let mut own = event("d1", "acme", "k", t, 1000, 1000);
+    own["deployment"] = json!("acme-smol");
+    let mut shared = event("d2", "acme", "k", t, 1000, 1000);
+    shared["deployment"] = json!("shared");
+    ingest(&h, &[own, shared]).await;
+    let (_, tenant) = h.admin(Method::GET, "/api/v1/tenants/acme", None).await;
+    assert_eq!(
+        tenant["balance"], "-0.002",
+        "only the shared deployment's tokens cost"
+    );
+
+    let (status, invoices) = h
+        .admin(Method::GET, "/api/v1/tenants/acme/invoices", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{invoices}");
+    let current = &invoices[0];
+    assert_eq!(current["status"], "open");
+    assert_eq!(current["currency"], "USD");
+    assert_eq!(current["total"], "0.002");
+    let lines = current["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "{current}");
+    let by_deployment = |d: &str| lines.iter().find(|l| l["deployment"] == d).unwrap();
+    assert_eq!(by_deployment("acme-smol")["amount"], "0");
+    assert_eq!(by_deployment("shared")["amount"], "0.002");
+    assert_eq!(by_deployment("shared")["kind"], "tokens");
+    let period = current["period"].as_str().unwrap();
+    let (_, again) = h
+        .admin(
+            Method::GET,
+            &format!("/api/v1/tenants/acme/invoices/{period}"),
+            None,
+        )
+        .await;
+    assert_eq!(&again, current);
+    let (_, old) = h
+        .admin(Method::GET, "/api/v1/tenants/acme/invoices/2020-01", None)
+        .await;
+    assert_eq!(old["status"], "closed");
+    assert_eq!(old["lines"], json!([]));
+}

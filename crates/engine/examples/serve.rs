@@ -90,7 +90,12 @@ async fn main() -> Result<(), BoxError> {
     std::io::stdout().flush()?;
 
     let shutdown = CancellationToken::new();
-    let mut server = tokio::spawn(wattmesh_engine::serve(listener, replica, shutdown.clone()));
+    let mut server = tokio::spawn(wattmesh_engine::serve(
+        listener,
+        replica,
+        wattmesh_engine::Access::Open,
+        shutdown.clone(),
+    ));
     tokio::select! {
         r = &mut server => return Ok(r??),
         s = wait_for_signal() => s?,

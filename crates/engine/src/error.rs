@@ -54,6 +54,9 @@ pub enum EngineError {
     /// The route exists, not for this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The caller did not present the replica's access token: only its gateways may call.
+    #[error("This replica serves its gateways only; call the gateway.")]
+    Unauthorized,
     /// The generation worker is gone (the replica is shutting down).
     #[error("the model is not available")]
     Unavailable,
@@ -91,6 +94,7 @@ impl EngineError {
             EngineError::TooLarge => ErrorKind::RequestTooLarge,
             EngineError::NotFound(_) => ErrorKind::NotFound,
             EngineError::MethodNotAllowed => ErrorKind::MethodNotAllowed,
+            EngineError::Unauthorized => ErrorKind::InvalidApiKey,
             EngineError::Unavailable | EngineError::Overloaded { .. } => ErrorKind::Unavailable,
             EngineError::Io { .. }
             | EngineError::Artifact(_)

@@ -44,4 +44,4 @@ mod worker;
 pub use error::EngineError;
 pub use options::EngineOptions;
 pub use replica::Replica;
-pub use server::{router, serve};
+pub use server::{Access, guarded_router, router, serve};

@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
+use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 use wattmesh_domain::ModelKind;
 use wattmesh_proto::openai::{
@@ -30,20 +31,78 @@ use crate::stream::{StreamKind, StreamMeta, collect, sse_response};
 use wattmesh_proto::gateway::PRIORITY_HEADER;
 
 /// The largest request body accepted; larger ones get a 413.
-pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+///
+/// Twice the gateway's limit (`wattmesh_gateway::DEFAULT_MAX_BODY_BYTES`, 4 MiB), and it must
+/// stay above it: the gateway is where bodies are refused, in OpenAI's shape. A replica that
+/// refused a body the gateway admitted would answer while the gateway is still sending, and
+/// the gateway could only read the closed connection as a failed replica (a 503 instead of a
+/// 413). The margin covers the gateway's own additions (it may add `stream_options`). The
+/// engine cannot see the gateway's constant (no dependency either way), so
+/// `crates/wattmesh/tests/body_limits.rs` checks the two against each other.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// OpenAI's limit on inputs per embeddings request.
 const MAX_EMBEDDING_INPUTS: usize = 2048;
 
+/// Who may call a replica's `/v1` routes (`/health` and `/metrics` stay open to probes and
+/// scrapers: they carry no customer data).
+#[derive(Clone)]
+pub enum Access {
+    /// Callers must send `Authorization: Bearer <token>`: the token its agent made for this run
+    /// and gave only to the control plane, which gives it to gateways. Everyone else — anyone
+    /// on the host — would bypass the gateway's auth and metering.
+    Token(String),
+    /// Anyone: for a replica run alone (`examples/serve`, benchmarks), never by an agent.
+    Open,
+}
+
+// The token stays out of logs.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Access::Token(_) => f.write_str("Access::Token(<redacted>)"),
+            Access::Open => f.write_str("Access::Open"),
+        }
+    }
+}
+
 /// Serves the OpenAI protocol of one replica on `listener` until `shutdown` is cancelled
-/// (graceful: in-flight requests finish).
+/// (graceful: in-flight requests finish), to the callers `access` lets in.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     replica: Replica,
+    access: Access,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(replica))
+    axum::serve(listener, guarded_router(replica, access))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// [`router`] behind the access check.
+pub fn guarded_router(replica: Replica, access: Access) -> Router {
+    let Access::Token(token) = access else {
+        return router(replica);
+    };
+    // Compared as digests: the time a comparison takes says nothing about the token.
+    let want: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    router(replica).layer(axum::middleware::from_fn(
+        move |req: Request, next: axum::middleware::Next| async move {
+            let path = req.uri().path();
+            if path == "/health" || path == "/metrics" {
+                return next.run(req).await;
+            }
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| <[u8; 32]>::from(sha2::Sha256::digest(t.trim().as_bytes())));
+            if given != Some(want) {
+                return EngineError::Unauthorized.into_response();
+            }
+            next.run(req).await
+        },
+    ))
 }
 
 /// The same server as an axum Router, for oneshot tests.

@@ -2,34 +2,85 @@
 //! a JSON object with a string `model`. Everything else in it is the replica's to validate;
 //! the bytes are forwarded as they came.
 
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
 
 use crate::error::GatewayError;
 
-/// Reads `body` whole, refusing it (413) once it is over `limit` bytes, by its
-/// `Content-Length` before reading or by counting when there is none.
+/// Reads `body` whole within `timeout`, refusing it (413) once it is over `limit` bytes, by
+/// its `Content-Length` before reading or by counting when there is none; 408 when it does not
+/// arrive in time. The timeout covers this read only, never the answer that follows.
+///
+/// A refused body is drained (read and dropped, up to `limit` bytes more and within the same
+/// deadline) before the 413 goes out: answering while the client is still sending makes the
+/// server close a socket with unread data, which resets the connection, and the client reads
+/// "connection reset" instead of our 413. Beyond the drain allowance, or when the client waits
+/// for `100 Continue` (and so has sent nothing), the 413 goes out at once.
 pub async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: Duration,
 ) -> Result<Bytes, GatewayError> {
+    let deadline = Instant::now() + timeout;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let waits_for_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let allowance = limit.saturating_mul(2);
+    let mut body = body;
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        if !waits_for_continue && n <= allowance as u64 {
+            let _ = tokio::time::timeout_at(deadline, drain(&mut body, allowance)).await;
+        }
         return Err(GatewayError::TooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    // `Ok(Err(n))`: over the limit after `n` bytes.
+    let read = async {
+        let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|_| GatewayError::BadRequest("Could not read the request body.".into()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: nothing to route on
+            };
+            if buf.len() + data.len() > limit {
+                return Ok(Err(buf.len() + data.len()));
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(Ok(buf.freeze()))
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => Err(GatewayError::BodyTimeout(timeout)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Ok(whole))) => Ok(whole),
+        Ok(Ok(Err(counted))) => {
+            let left = allowance.saturating_sub(counted);
+            let _ = tokio::time::timeout_at(deadline, drain(&mut body, left)).await;
             Err(GatewayError::TooLarge(limit))
         }
-        Err(_) => Err(GatewayError::BadRequest(
-            "Could not read the request body.".into(),
-        )),
+    }
+}
+
+/// Reads and drops what is left of `body`, at most about `allowance` bytes more.
+async fn drain(body: &mut Body, allowance: usize) {
+    let mut left = allowance;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            match left.checked_sub(data.len()) {
+                Some(l) => left = l,
+                None => return,
+            }
+        }
     }
 }
 
@@ -54,7 +105,7 @@ pub struct BodyFacts {
 
 /// The model, class, streaming and usage options of a JSON body.
 pub fn facts_of(body: &[u8]) -> Result<BodyFacts, GatewayError> {
-    let mut value = parse_object(body)?;
+    let value = parse_object(body)?;
     let model = model_in(&value)?;
     let priority = match value.get("service_tier") {
         None | Some(serde_json::Value::Null) => "normal",
@@ -86,7 +137,7 @@ pub fn facts_of(body: &[u8]) -> Result<BodyFacts, GatewayError> {
         .or_else(|| value.get("max_tokens"))
         .and_then(serde_json::Value::as_u64);
     let upstream = if stream && !include_usage {
-        ask_for_usage(&mut value)?
+        ask_for_usage(body)?
     } else {
         None
     };
@@ -100,25 +151,33 @@ pub fn facts_of(body: &[u8]) -> Result<BodyFacts, GatewayError> {
     })
 }
 
-/// Sets `stream_options.include_usage` in `value` and serializes it; `stream_options` that
-/// is not an object is the replica's to refuse, so the body is left alone.
-fn ask_for_usage(value: &mut serde_json::Value) -> Result<Option<Bytes>, GatewayError> {
-    let Some(obj) = value.as_object_mut() else {
-        return Ok(None);
+/// The body with `stream_options.include_usage` set. Every other field is kept as the client
+/// wrote it (raw JSON, not re-encoded: `1e9` must not become `1000000000.0` and grow the body
+/// past what the replica takes). `stream_options` that is not an object is the replica's to
+/// refuse, so the body is then left alone.
+fn ask_for_usage(body: &[u8]) -> Result<Option<Bytes>, GatewayError> {
+    use serde_json::value::RawValue;
+    let bad = |e: serde_json::Error| {
+        GatewayError::BadRequest(format!("Could not re-encode the body: {e}"))
     };
-    let options = obj
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-    if options.is_null() {
-        *options = serde_json::Value::Object(serde_json::Map::new());
-    }
-    let Some(options) = options.as_object_mut() else {
-        return Ok(None);
+    let mut fields: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(body).map_err(bad)?;
+    let mut options = match fields.get("stream_options").map(|raw| raw.get()) {
+        None | Some("null") => serde_json::Map::new(),
+        Some(raw) => match serde_json::from_str::<serde_json::Value>(raw).map_err(bad)? {
+            serde_json::Value::Object(options) => options,
+            _ => return Ok(None),
+        },
     };
     options.insert("include_usage".into(), serde_json::Value::Bool(true));
-    serde_json::to_vec(value)
+    let options = serde_json::to_string(&options).map_err(bad)?;
+    fields.insert(
+        "stream_options".into(),
+        RawValue::from_string(options).map_err(bad)?,
+    );
+    serde_json::to_vec(&fields)
         .map(|v| Some(Bytes::from(v)))
-        .map_err(|e| GatewayError::BadRequest(format!("Could not re-encode the body: {e}")))
+        .map_err(bad)
 }
 
 fn parse_object(body: &[u8]) -> Result<serde_json::Value, GatewayError> {
@@ -220,6 +279,16 @@ mod tests {
             });
             assert_eq!(got, want, "{body}");
         }
+    }
+
+    #[test]
+    fn asking_for_usage_rewrites_nothing_else() {
+        let body = br#"{"model":"m","stream":true,"seed":1e9,"temperature":0.10,"x":[1.0]}"#;
+        let up = facts_of(body).unwrap().upstream.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&up).unwrap(),
+            r#"{"model":"m","seed":1e9,"stream":true,"stream_options":{"include_usage":true},"temperature":0.10,"x":[1.0]}"#
+        );
     }
 
     #[test]

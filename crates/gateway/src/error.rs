@@ -32,6 +32,10 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// The body did not arrive within the body read timeout: 408, the one status OpenAI's
+    /// error kinds have no name for.
+    #[error("The request body was not received within {} seconds.", .0.as_secs_f64())]
+    BodyTimeout(std::time::Duration),
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     UnknownModel(String),
     #[error("no route")]
@@ -55,7 +59,7 @@ impl GatewayError {
             }
             GatewayError::RateLimited(_) => ErrorKind::RateLimited,
             GatewayError::InsufficientQuota(_) => ErrorKind::InsufficientQuota,
-            GatewayError::BadRequest(_) => ErrorKind::InvalidRequest,
+            GatewayError::BadRequest(_) | GatewayError::BodyTimeout(_) => ErrorKind::InvalidRequest,
             GatewayError::TooLarge(_) => ErrorKind::RequestTooLarge,
             GatewayError::UnknownModel(_) => ErrorKind::ModelNotFound,
             GatewayError::NotFound => ErrorKind::NotFound,
@@ -100,8 +104,10 @@ impl GatewayError {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let kind = self.kind();
-        let status =
-            StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = match self {
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            _ => StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        };
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), "{self}");
         } else {

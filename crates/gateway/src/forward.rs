@@ -19,7 +19,7 @@ use crate::GatewayState;
 use crate::error::GatewayError;
 use crate::metering::{BodyWatch, Meter};
 use crate::replicas::{EJECTION, InFlight};
-use crate::routing::{Candidate, pick};
+use crate::routing::{Access, Candidate, pick};
 
 /// The first try and one retry.
 const MAX_ATTEMPTS: usize = 2;
@@ -73,6 +73,7 @@ pub async fn forward(
                 id: &r.id,
                 outstanding: s.outstanding(),
                 healthy: s.healthy(),
+                access: Access::of(r.dedicated_to.as_deref(), &meter.event.tenant),
             })
             .collect();
         let Some(i) = pick(&candidates, &tried) else {
@@ -82,16 +83,27 @@ pub async fn forward(
         tried.push(&replica.id);
         let in_flight = stats[i].start();
         let url = format!("{}{}", replica.endpoint.trim_end_matches('/'), out.path);
-        let sent = state
+        if tried.len() == 1 {
+            state.metrics.overhead(meter.started.elapsed());
+        }
+        let mut request = state
             .http
             .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .header(PRIORITY_HEADER, out.priority)
-            .header(REQUEST_ID_HEADER, &meter.event.request_id)
-            .body(out.body.clone())
-            .send()
-            .await;
+            .header(REQUEST_ID_HEADER, &meter.event.request_id);
+        if let Some(token) = &replica.access_token {
+            request = request.bearer_auth(token);
+        }
+        let sent = request.body(out.body.clone()).send().await;
         match sent {
+            // A replica that does not know our credential was restarted with a new one the
+            // config has not brought yet: another replica may take the request.
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                stats[i].eject(EJECTION);
+                tracing::warn!(replica = %replica.id, "replica refused the gateway's credential; ejected, retrying");
+                last_error = Some(format!("replica {} refused our credential", replica.id));
+            }
             Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
                 stats[i].eject(EJECTION);
                 tracing::info!(replica = %replica.id, "replica answered 503; ejected, retrying");

@@ -204,6 +204,7 @@ pub struct Meter {
     pub first_byte: Option<Instant>,
     pub price: TokenPrice,
     pub spool: Spool,
+    pub metrics: std::sync::Arc<crate::metrics::GatewayMetrics>,
     pub limits: Option<Admitted>,
     pub credit: Option<Reservation>,
 }
@@ -233,6 +234,20 @@ impl Meter {
         event.status = status;
         event.outcome = outcome;
         let cost = self.price.cost(prompt, completion);
+        // The answer's body outlives the request's span: the id is named here.
+        tracing::debug!(
+            request_id = %event.request_id,
+            tenant = %event.tenant,
+            key = %event.key_id,
+            model = %event.model,
+            replica = %event.replica,
+            status = event.status,
+            outcome = event.outcome.as_str(),
+            prompt_tokens = prompt,
+            completion_tokens = completion,
+            %cost,
+            "served"
+        );
         let now_ms = crate::now_ms();
         if let Some(limits) = self.limits.take() {
             limits.finish(prompt + completion, now_ms);
@@ -254,6 +269,7 @@ impl Meter {
         content_chunks: u64,
     ) -> Result<(), crate::spool::SpoolError> {
         let (event, spend) = self.close(outcome, status, usage, content_chunks);
+        self.metrics.finished(&event);
         self.spool.append(event, spend).await.map(|_| ())
     }
 
@@ -266,6 +282,7 @@ impl Meter {
         content_chunks: u64,
     ) {
         let (event, spend) = self.close(outcome, status, usage, content_chunks);
+        self.metrics.finished(&event);
         self.spool.append_detached(event, spend);
     }
 }

@@ -1,7 +1,8 @@
 //! Which replica takes a request: a pure function over a snapshot of candidates, so the policy
-//! is tested without sockets or clocks. Unhealthy replicas are skipped; among the rest the one
-//! with the fewest outstanding requests wins, and ties go to the smallest id, so equal
-//! replicas are chosen deterministically.
+//! is tested without sockets or clocks. Replicas dedicated to another tenant are never used,
+//! and a tenant's own dedicated replicas are used before shared ones; unhealthy replicas are
+//! skipped; among the rest the one with the fewest outstanding requests wins, and ties go to
+//! the smallest id, so equal replicas are chosen deterministically.
 
 /// One replica as the router sees it at the moment of choosing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,15 +12,43 @@ pub struct Candidate<'a> {
     pub outstanding: usize,
     /// False while ejected (failed connect, 503, failed health probe).
     pub healthy: bool,
+    pub access: Access,
+}
+
+/// Whose a replica is, from the caller's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Of a shared deployment.
+    Shared,
+    /// Of a deployment dedicated to the caller's tenant: what it pays for, used first.
+    Own,
+    /// Of a deployment dedicated to another tenant: never used.
+    Foreign,
+}
+
+impl Access {
+    /// The access of a replica dedicated to `dedicated_to` for a caller of `tenant`.
+    pub fn of(dedicated_to: Option<&str>, tenant: &str) -> Self {
+        match dedicated_to {
+            None => Access::Shared,
+            Some(t) if t == tenant => Access::Own,
+            Some(_) => Access::Foreign,
+        }
+    }
 }
 
 /// The index of the replica to try, skipping unhealthy ones and those already `tried` for
 /// this request; `None` when no replica can take it.
 pub fn pick(candidates: &[Candidate<'_>], tried: &[&str]) -> Option<usize> {
+    let usable = |c: &Candidate<'_>| c.healthy && !tried.contains(&c.id);
+    let own_first = candidates
+        .iter()
+        .any(|c| c.access == Access::Own && usable(c));
     candidates
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.healthy && !tried.contains(&c.id))
+        .filter(|(_, c)| usable(c) && c.access != Access::Foreign)
+        .filter(|(_, c)| !own_first || c.access == Access::Own)
         .min_by(|(_, a), (_, b)| a.outstanding.cmp(&b.outstanding).then(a.id.cmp(b.id)))
         .map(|(i, _)| i)
 }
@@ -33,11 +62,23 @@ mod tests {
             id,
             outstanding,
             healthy,
+            access: Access::Shared,
         }
+    }
+
+    fn with(access: Access, c: Candidate<'_>) -> Candidate<'_> {
+        Candidate { access, ..c }
     }
 
     /// (name, candidates, already tried, expected id)
     type Case<'a> = (&'a str, Vec<Candidate<'a>>, Vec<&'a str>, Option<&'a str>);
+
+    #[test]
+    fn access_follows_the_dedication() {
+        assert_eq!(Access::of(None, "acme"), Access::Shared);
+        assert_eq!(Access::of(Some("acme"), "acme"), Access::Own);
+        assert_eq!(Access::of(Some("globex"), "acme"), Access::Foreign);
+    }
 
     #[test]
     fn picks_fewest_outstanding_among_healthy_then_smallest_id() {
@@ -53,6 +94,11 @@ mod tests {
             ("tried skipped", vec![c("a", 0, true), c("b", 5, true)], vec!["a"], Some("b")),
             ("tried and unhealthy leave none", vec![c("a", 0, false), c("b", 9, true)], vec!["b"], None),
             ("only one, tried", vec![c("a", 0, true)], vec!["a"], None),
+            ("another tenant's replica is never used", vec![with(Access::Foreign, c("a", 0, true))], vec![], None),
+            ("own replicas first, even busier", vec![c("a", 0, true), with(Access::Own, c("b", 9, true))], vec![], Some("b")),
+            ("shared when own are down", vec![c("a", 5, true), with(Access::Own, c("b", 0, false))], vec![], Some("a")),
+            ("shared when own were tried", vec![c("a", 5, true), with(Access::Own, c("b", 0, true))], vec!["b"], Some("a")),
+            ("foreign skipped for shared", vec![with(Access::Foreign, c("a", 0, true)), c("b", 3, true)], vec![], Some("b")),
         ];
         for (name, cands, tried, want) in &cases {
             let got = pick(cands, tried).map(|i| cands[i].id);

@@ -32,6 +32,7 @@ use crate::error::{GatewayError, add_rate_headers};
 use crate::forward::{Outgoing, REQUEST_ID_HEADER, forward};
 use crate::limits::Ask;
 use crate::metering::Meter;
+use crate::metrics::Rejection;
 use crate::{GatewayOptions, GatewayState, health, watch};
 
 /// The data-plane router over an explicit state (tests set its config directly).
@@ -47,13 +48,46 @@ pub fn router(state: GatewayState) -> Router {
             "/v1/organization/usage/completions",
             authed(get(organization)),
         )
+        .route(
+            "/v1/organization/usage/embeddings",
+            authed(get(organization)),
+        )
         .route("/v1/organization/costs", authed(get(organization)))
         .route("/healthz", get(healthz))
         .fallback(|| async { GatewayError::NotFound })
         .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_id,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The metrics listener's router: `GET /metrics` in Prometheus text. Kept off the customers'
+/// port: tenant names are in the labels.
+pub fn metrics_router(state: GatewayState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(st): State<GatewayState>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    st.metrics_text(),
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+/// What the metrics know of a request once it is answered: set by the handlers on the response.
+#[derive(Debug, Clone, Default)]
+struct Labels {
+    model: String,
+    tenant: String,
 }
 
 /// A request's id, made when it arrives.
@@ -62,8 +96,8 @@ pub struct RequestId(pub String);
 
 /// Gives every request an id (`req_` and 32 hex digits, as OpenAI's look), which the client
 /// gets back as `x-request-id` on every answer, errors included, and which travels to the
-/// replica, into the usage event and the log.
-async fn request_id(mut req: Request, next: Next) -> Response {
+/// replica, into the usage event and the log; and counts every answer in the metrics.
+async fn request_id(State(st): State<GatewayState>, mut req: Request, next: Next) -> Response {
     let id = format!("req_{}", uuid::Uuid::new_v4().simple());
     let span = tracing::info_span!("request", request_id = %id);
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -71,6 +105,13 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    let labels = resp
+        .extensions()
+        .get::<Labels>()
+        .cloned()
+        .unwrap_or_default();
+    st.metrics
+        .answered(&labels.model, &labels.tenant, resp.status().as_u16());
     resp
 }
 
@@ -79,7 +120,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 /// in-flight requests finish, for at most `options.shutdown_grace`.
 pub async fn run(
     listener: TcpListener,
-    options: GatewayOptions,
+    mut options: GatewayOptions,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (spool, spent) = open_spool(options.spool_path.clone())
@@ -92,17 +133,21 @@ pub async fn run(
         token: options.control_token.clone(),
     };
     let credit = crate::credit::Credit::new(spent, std::sync::Arc::new(leaser));
-    let state = GatewayState::new(options.max_body_bytes, spool.clone(), credit)
-        .with_control_url(&options.control_url);
+    let mut state = GatewayState::new(options.max_body_bytes, spool.clone(), credit)
+        .with_control_url(&options.control_url)
+        .with_body_read_timeout(options.body_read_timeout);
+    let shipper_stats = std::sync::Arc::new(crate::shipper::ShipperStats::default());
+    state.shipper = shipper_stats.clone();
     let tasks = TaskTracker::new();
     let background = shutdown.child_token();
     // The shipper outlives the listener: it gets the drained requests' events out last.
     let shipping = CancellationToken::new();
-    tasks.spawn(crate::shipper::run_shipper(
+    tasks.spawn(crate::shipper::run_shipper_with_stats(
         spool.clone(),
         http,
         options.control_url.clone(),
         options.control_token.clone(),
+        shipper_stats,
         shipping.clone(),
     ));
     tasks.spawn(watch::watch_control(
@@ -116,11 +161,28 @@ pub async fn run(
         options.health_interval,
         background.clone(),
     ));
+    if let Some(metrics) = options.metrics_listener.take() {
+        let app = metrics_router(state.clone());
+        let stop = background.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(metrics, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the metrics listener failed: {e}");
+            }
+        });
+    }
     tasks.close();
 
-    let serve = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    // Our own accept loop rather than axum::serve: it caps connections and times out slow
+    // and idle ones (`listener`); it drains in-flight requests on shutdown just the same.
+    let serve = crate::listener::serve(
+        listener,
+        router(state),
+        crate::listener::ConnectionLimits::of(&options),
+        shutdown.clone(),
+    );
     let grace_over = async {
         shutdown.cancelled().await;
         tokio::time::sleep(options.shutdown_grace).await;
@@ -193,8 +255,8 @@ async fn chat(
     Extension(snap): Extension<Arc<Snapshot>>,
     Extension(id): Extension<RequestId>,
     req: Request,
-) -> Result<Response, GatewayError> {
-    proxy(&st, caller, &snap, id, req, Endpoint::ChatCompletions).await
+) -> Response {
+    labelled(&st, caller, &snap, id, req, Endpoint::ChatCompletions).await
 }
 
 async fn completions(
@@ -203,8 +265,8 @@ async fn completions(
     Extension(snap): Extension<Arc<Snapshot>>,
     Extension(id): Extension<RequestId>,
     req: Request,
-) -> Result<Response, GatewayError> {
-    proxy(&st, caller, &snap, id, req, Endpoint::Completions).await
+) -> Response {
+    labelled(&st, caller, &snap, id, req, Endpoint::Completions).await
 }
 
 async fn embeddings(
@@ -213,8 +275,28 @@ async fn embeddings(
     Extension(snap): Extension<Arc<Snapshot>>,
     Extension(id): Extension<RequestId>,
     req: Request,
-) -> Result<Response, GatewayError> {
-    proxy(&st, caller, &snap, id, req, Endpoint::Embeddings).await
+) -> Response {
+    labelled(&st, caller, &snap, id, req, Endpoint::Embeddings).await
+}
+
+/// [`proxy`], its error made a response, and the labels the metrics count it under.
+async fn labelled(
+    st: &GatewayState,
+    caller: Caller,
+    snap: &Snapshot,
+    id: RequestId,
+    req: Request,
+    endpoint: Endpoint,
+) -> Response {
+    let mut labels = Labels {
+        model: String::new(),
+        tenant: caller.key.tenant.clone(),
+    };
+    let mut resp = proxy(st, caller, snap, id, req, endpoint, &mut labels)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    resp.extensions_mut().insert(labels);
+    resp
 }
 
 /// Body checks, model lookup, the key's allow-list, rate limits and credit, then forwarding
@@ -226,12 +308,20 @@ async fn proxy(
     RequestId(request_id): RequestId,
     req: Request,
     endpoint: Endpoint,
+    labels: &mut Labels,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
     let started_at_ms = crate::now_ms();
     let (parts, body): (_, Body) = req.into_parts();
-    let body = read_limited(&parts.headers, body, st.max_body_bytes).await?;
+    let body = read_limited(
+        &parts.headers,
+        body,
+        st.max_body_bytes,
+        st.body_read_timeout,
+    )
+    .await?;
     let facts = facts_of(&body)?;
+    labels.model.clone_from(&facts.model);
     let key = &caller.key;
     let route = snap
         .models
@@ -274,13 +364,17 @@ async fn proxy(
             tokens: worst_prompt + worst_completion,
             now_ms: started_at_ms,
         })
-        .map_err(GatewayError::RateLimited)?;
+        .map_err(|refusal| {
+            st.metrics.rejected(Rejection::RateLimit);
+            GatewayError::RateLimited(refusal)
+        })?;
     let price = snap.price_for(&facts.model, &key.tenant);
     let credit = if prepaid {
         let worst = price.cost(worst_prompt, worst_completion);
         match st.credit.reserve(&key.tenant, worst).await {
             Ok(r) => Some(r),
             Err(CreditError::Exhausted) => {
+                st.metrics.rejected(Rejection::InsufficientQuota);
                 return Err(GatewayError::InsufficientQuota(rate_headers));
             }
             Err(CreditError::Unavailable(e)) => return Err(GatewayError::CreditUnavailable(e)),
@@ -316,6 +410,7 @@ async fn proxy(
         first_byte: None,
         price,
         spool: st.spool.clone(),
+        metrics: st.metrics.clone(),
         limits: Some(limits),
         credit,
     };

@@ -59,6 +59,8 @@ pub fn replica(id: &str, endpoint: &str) -> RouteReplica {
     RouteReplica {
         id: id.into(),
         deployment: "d1".into(),
+        dedicated_to: None,
+        access_token: None,
         endpoint: endpoint.into(),
         site: "s1".into(),
         region: "r1".into(),

@@ -58,6 +58,12 @@ pub struct ReplicaReport {
     /// Base URL of its OpenAI server when ready, e.g. `http://127.0.0.1:41234`.
     pub endpoint: Option<String>,
     pub message: Option<String>,
+    /// The bearer token the replica's server wants on every `/v1` request, when ready: the
+    /// agent made it for this run of the replica and tells only the control plane, which
+    /// keeps it in memory and hands it to gateways, so nobody else can reach the replica
+    /// around the gateway's auth and metering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

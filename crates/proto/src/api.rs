@@ -87,6 +87,10 @@ pub struct DeploymentSpec {
     pub name: String,
     pub model: String,
     pub replicas: u32,
+    /// A tenant's own replicas: only its keys reach them, and it pays for them per
+    /// replica-hour (`POST /api/v1/prices/dedicated`), used or not, instead of per token.
+    #[serde(default)]
+    pub dedicated_to: Option<String>,
 }
 
 /// `PATCH /api/v1/deployments/{name}`.
@@ -101,6 +105,7 @@ pub struct Deployment {
     pub name: String,
     pub model: String,
     pub replicas: u32,
+    pub dedicated_to: Option<String>,
     /// Replicas the scheduler could not place right now.
     pub unschedulable: u32,
 }

@@ -101,3 +101,76 @@ pub struct UsageRow {
     pub cost: Decimal,
     pub currency: String,
 }
+
+/// `POST /api/v1/prices/dedicated`: a new version of a dedicated deployment's price per
+/// replica-hour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DedicatedPriceSpec {
+    pub deployment: String,
+    #[schema(value_type = String, example = "1.20")]
+    pub per_replica_hour: Decimal,
+    /// RFC 3339; absent means now. A time in the past is refused.
+    #[serde(default)]
+    pub effective_from: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DedicatedPrice {
+    pub version: u64,
+    pub deployment: String,
+    #[schema(value_type = String)]
+    pub per_replica_hour: Decimal,
+    pub currency: String,
+    pub effective_from: String,
+    pub effective_from_ms: i64,
+}
+
+/// Whether an invoice can still change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InvoiceStatus {
+    /// The current month: usage still accrues.
+    Open,
+    /// A past month.
+    Closed,
+}
+
+/// What an invoice line bills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// Tokens of a model served by a deployment.
+    Tokens,
+    /// A dedicated deployment's replica-hours.
+    ReplicaHours,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InvoiceLine {
+    pub kind: LineKind,
+    pub model: Option<String>,
+    pub deployment: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    #[schema(value_type = String)]
+    pub replica_hours: Decimal,
+    #[schema(value_type = String)]
+    pub amount: Decimal,
+}
+
+/// A tenant's bill for one calendar month (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Invoice {
+    pub tenant: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    pub from: String,
+    pub to: String,
+    pub status: InvoiceStatus,
+    pub currency: String,
+    pub lines: Vec<InvoiceLine>,
+    #[schema(value_type = String)]
+    pub total: Decimal,
+}

@@ -78,6 +78,10 @@ pub struct ModelRoute {
 pub struct RouteReplica {
     pub id: String,
     pub deployment: String,
+    /// Set for a dedicated deployment: only this tenant's keys reach the replica.
+    pub dedicated_to: Option<String>,
+    /// The bearer token the replica wants (see `agent::ReplicaReport::access_token`).
+    pub access_token: Option<String>,
     pub endpoint: String,
     pub site: String,
     pub region: String,

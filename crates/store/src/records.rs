@@ -56,6 +56,8 @@ pub struct DeploymentRecord {
     pub replicas: u32,
     /// The model's memory per replica, joined in for the scheduler's demand.
     pub memory_bytes: u64,
+    /// The tenant whose own replicas these are, for a dedicated deployment.
+    pub dedicated_to: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +178,27 @@ pub enum UsageGroup {
     Key,
     /// Per (model, key) pair, as `model` U+001F `key id`.
     ModelAndKey,
+    /// Per (model, deployment) pair, as `model` U+001F `deployment`: invoice lines.
+    ModelAndDeployment,
+}
+
+/// Replica time a dedicated deployment held in one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSeconds {
+    pub deployment: String,
+    pub tenant: String,
+    pub hour_start_ms: i64,
+    pub seconds: u64,
+}
+
+/// A dedicated price version to add.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDedicatedPrice {
+    pub deployment: String,
+    pub per_replica_hour: Decimal,
+    pub currency: String,
+    pub effective_from: String,
+    pub effective_from_ms: i64,
 }
 
 /// A usage query: one tenant's (or every tenant's) events with `from_ms <= started_at_ms <
@@ -184,6 +207,8 @@ pub enum UsageGroup {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageQuery {
     pub tenant: Option<String>,
+    /// Only these models, when set.
+    pub models: Option<Vec<String>>,
     pub from_ms: i64,
     pub to_ms: i64,
     pub bucket_ms: Option<i64>,

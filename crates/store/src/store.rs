@@ -7,14 +7,14 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use wattmesh_domain::pricing::LeaseView;
 use wattmesh_proto::api::{DeploymentSpec, Limits, Model, NodeSpec, Region, SiteSpec, TenantSpec};
-use wattmesh_proto::billing::{LedgerEntry, Price};
+use wattmesh_proto::billing::{DedicatedPrice, LedgerEntry, Price};
 use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::StoreError;
 use crate::records::{
-    AgentRegistration, ApiKeyRecord, DeploymentRecord, GatewayRecord, NewApiKey, NewPrice,
-    NewReplica, NodeRecord, RatedEvent, ReplicaRecord, SiteHeartbeat, SiteRecord, TenantRecord,
-    UsageQuery, UsageTotal,
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, GatewayRecord, NewApiKey, NewDedicatedPrice,
+    NewPrice, NewReplica, NodeRecord, RatedEvent, ReplicaRecord, ReplicaSeconds, SiteHeartbeat,
+    SiteRecord, TenantRecord, UsageQuery, UsageTotal,
 };
 
 /// Everything the control plane persists. Creating an object that exists is
@@ -124,6 +124,23 @@ pub trait Store: Send + Sync + 'static {
     /// recomputed from token sums and the price versions the events were rated at, which equals
     /// the sum of their stored costs as long as each was rated as `TokenPrice::cost` does.
     async fn usage_totals(&self, query: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError>;
+    /// Adds a version of a dedicated deployment's price per replica-hour; the deployment must
+    /// be dedicated (`Invalid` otherwise).
+    async fn add_dedicated_price(
+        &self,
+        price: &NewDedicatedPrice,
+    ) -> Result<DedicatedPrice, StoreError>;
+    /// Every dedicated price version, oldest first.
+    async fn list_dedicated_prices(&self) -> Result<Vec<DedicatedPrice>, StoreError>;
+    /// Adds replica time to each (deployment, hour) in one transaction.
+    async fn accrue_replica_seconds(&self, accrued: &[ReplicaSeconds]) -> Result<(), StoreError>;
+    /// A tenant's replica time with `from_ms <= hour_start_ms < to_ms`.
+    async fn replica_seconds(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ReplicaSeconds>, StoreError>;
     /// In one transaction: reads the tenant's balance and what every gateway holds, asks
     /// `decide` how much more to grant `gateway`, records it, and returns the gateway's totals.
     async fn lease_credit(

@@ -824,6 +824,7 @@ async fn usage_totals_group_and_bucket_with_exact_costs() {
             cost: cost(ids),
         };
     let q = |tenant: Option<&str>, bucket_ms, group| UsageQuery {
+        models: None,
         tenant: tenant.map(str::to_owned),
         from_ms: 0,
         to_ms: 300,
@@ -1069,6 +1070,7 @@ async fn reopening_the_file_keeps_the_money() {
         s.list_models().await.unwrap(),
     );
     let totals_query = UsageQuery {
+        models: None,
         tenant: None,
         from_ms: 0,
         to_ms: 1000,

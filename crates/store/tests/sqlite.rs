@@ -64,6 +64,7 @@ async fn seed(s: &SqliteStore) {
         name: "chat".into(),
         model: "smol".into(),
         replicas: 2,
+        dedicated_to: None,
     })
     .await
     .unwrap();
@@ -159,7 +160,8 @@ async fn duplicates_conflict_and_missing_references_are_not_found() {
         s.create_deployment(&DeploymentSpec {
             name: "d".into(),
             model: "nope".into(),
-            replicas: 1
+            replicas: 1,
+            dedicated_to: None,
         })
         .await,
         Err(StoreError::NotFound { kind: "model", .. })
@@ -297,6 +299,7 @@ async fn agents_register_heartbeat_and_only_touch_their_own_replicas() {
         state: ReplicaState::Ready,
         endpoint: Some("http://127.0.0.1:9".into()),
         message: None,
+        access_token: None,
     };
     let nodes = [NodeReport {
         name: "a1".into(),

@@ -16,6 +16,10 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `wattmesh_gateway=debug` (also RUST_LOG).
     #[arg(long, global = true, env = "WATTMESH_LOG", default_value = "info")]
     pub log: String,
+    /// Log format: text or json (one object per line, request ids included).
+    #[arg(long, global = true, env = "WATTMESH_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,6 +48,9 @@ pub enum Command {
     Prices(PricesCommand),
     /// Show a tenant's usage and cost.
     Usage(UsageArgs),
+    /// Show tenants' monthly invoices.
+    #[command(subcommand)]
+    Invoices(InvoicesCommand),
     /// Show sites, nodes, deployments and replicas.
     Status(StatusArgs),
     /// Fetch and list models.
@@ -78,6 +85,9 @@ pub struct UpArgs {
     pub gateway_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub control_listen: SocketAddr,
+    /// Where the gateway's Prometheus `/metrics` is served.
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub gateway_metrics_listen: SocketAddr,
     #[arg(long, env = "WATTMESH_DATA_DIR", default_value = "./wattmesh-data")]
     pub data_dir: PathBuf,
     /// Where model files are cached (default DATA_DIR/models).
@@ -120,6 +130,31 @@ pub struct GatewayArgs {
         default_value = "./wattmesh-gateway-spool.db"
     )]
     pub spool: PathBuf,
+    /// Where Prometheus scrapes `/metrics` (kept off the customers' port).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+    #[command(flatten)]
+    pub serving: GatewayServing,
+}
+
+/// How the gateway treats clients: sizes, timeouts, connections.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayServing {
+    /// Largest request body accepted, in bytes (at most 4 MiB: replicas take twice that).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a client may take to send a request's body (408 after).
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_s: u64,
+    /// Seconds a kept-alive connection may sit idle.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_s: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +255,20 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DeploymentsCommand {
+    /// Create a deployment of a model.
+    Create {
+        name: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// Dedicate it to a tenant: only its keys reach these replicas, billed per replica-hour
+        /// (`wattmesh prices set-dedicated`), used or not.
+        #[arg(long)]
+        dedicated_to: Option<String>,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
     /// List deployments.
     List {
         #[arg(long)]
@@ -363,8 +412,44 @@ pub enum PricesCommand {
         #[command(flatten)]
         target: ControlTarget,
     },
-    /// List every price version.
+    /// Set a dedicated deployment's price per replica-hour, from now or from a later time.
+    SetDedicated {
+        deployment: String,
+        /// USD per replica-hour.
+        #[arg(long)]
+        per_replica_hour: String,
+        /// RFC 3339 time or date it takes effect (default now).
+        #[arg(long)]
+        from: Option<String>,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// List every price version (token prices, then replica-hour prices).
     List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvoicesCommand {
+    /// A tenant's monthly invoices, newest first.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// One month's invoice with its lines.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        /// The month, YYYY-MM.
+        period: String,
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -12,16 +12,23 @@ use tracing_subscriber::EnvFilter;
 /// How long in-flight work gets to finish after a shutdown signal.
 pub const GRACE: Duration = Duration::from_secs(10);
 
-pub fn init_logging(filter: &str) {
+pub fn init_logging(filter: &str, json: bool) {
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    // One JSON object per line, with the span fields (a request's `request_id`) on every event
+    // inside it, for log pipelines; text for people.
+    let _ = if json {
+        builder.json().with_current_span(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 /// The root of a process's shutdown tree and the tracker of its background tasks.

@@ -72,11 +72,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let gateway_token = gateway_token(&client, &args.data_dir).await?;
     let gateway_listener = bind(args.gateway_listen, "--gateway-listen").await?;
     let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
-    let options = wattmesh_gateway::GatewayOptions::new(
+    let metrics_listener = bind(args.gateway_metrics_listen, "--gateway-metrics-listen").await?;
+    let metrics_url = format!("http://{}/metrics", metrics_listener.local_addr()?);
+    let mut options = wattmesh_gateway::GatewayOptions::new(
         control_url.clone(),
         gateway_token,
         args.data_dir.join(GATEWAY_SPOOL_FILE),
     );
+    options.metrics_listener = Some(metrics_listener);
     services.spawn(
         "gateway",
         wattmesh_gateway::run(gateway_listener, options, services.shutdown.child_token()),
@@ -103,6 +106,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     println!("wattmesh is up");
     println!("  gateway      {gateway_url}/v1");
     println!("  control API  {control_url}/api/v1   (OpenAPI: {control_url}/api/openapi.json)");
+    println!("  metrics      {metrics_url}   (gateway, Prometheus)");
     println!("  data         {}", args.data_dir.display());
     match &demo_key {
         DemoKey::New(secret) => {
@@ -192,6 +196,7 @@ async fn seed(client: &ControlClient, catalog: &Catalog) -> Result<()> {
             name: m.name.clone(),
             model: m.name.clone(),
             replicas: DEMO_REPLICAS,
+            dedicated_to: None,
         };
         let _: Created<serde_json::Value> = client.create("/deployments", &deployment).await?;
     }

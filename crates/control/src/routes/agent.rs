@@ -57,9 +57,10 @@ pub(crate) async fn heartbeat(
         })
         .await?;
     let was_ready = s.reconciler.liveness.beat(&site);
+    let new_tokens = s.reconciler.note_tokens(&site, &hb.replicas);
     // A site coming back, or new observations, can change placement and routes now; an
     // unchanged heartbeat of a live site only refreshes its time.
-    if changed || !was_ready {
+    if changed || new_tokens || !was_ready {
         s.reconciler.nudge().await;
     }
     let desired_version = s.reconciler.current().desired_for(&site).version;

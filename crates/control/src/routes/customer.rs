@@ -1,5 +1,6 @@
 //! OpenAI's usage and costs endpoints for customers, with their own API key:
-//! `GET /v1/organization/usage/completions` and `GET /v1/organization/costs`, in OpenAI's
+//! `GET /v1/organization/usage/completions`, `.../usage/embeddings` and
+//! `GET /v1/organization/costs`, in OpenAI's
 //! shapes and bucket parameters, always scoped to the key's own tenant. The gateway passes
 //! them through with the customer's key; the control plane checks the key itself, so no other
 //! credential can widen what a customer sees.
@@ -15,6 +16,7 @@ use axum::http::HeaderMap;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use wattmesh_domain::ModelKind;
 use wattmesh_store::{ApiKeyRecord, UsageGroup, UsageQuery};
 
 use crate::ControlError;
@@ -86,6 +88,8 @@ struct Buckets {
     count: i64,
     end_s: i64,
     group_by: Vec<String>,
+    /// `models=`: only these, when given.
+    models: Option<Vec<String>>,
 }
 
 fn one(p: &BTreeMap<String, Vec<String>>, name: &str) -> Result<Option<String>, ControlError> {
@@ -184,6 +188,7 @@ fn buckets(
         count: count.clamp(0, limit),
         end_s,
         group_by,
+        models: p.get("models").cloned(),
     })
 }
 
@@ -220,6 +225,17 @@ pub(crate) struct CompletionsResult {
 }
 
 #[derive(Serialize)]
+pub(crate) struct EmbeddingsResult {
+    object: &'static str,
+    input_tokens: u64,
+    num_model_requests: u64,
+    project_id: Option<String>,
+    user_id: Option<String>,
+    api_key_id: Option<String>,
+    model: Option<String>,
+}
+
+#[derive(Serialize)]
 pub(crate) struct CostsResult {
     object: &'static str,
     amount: Amount,
@@ -247,14 +263,31 @@ const MINUTE: i64 = 60;
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 
-/// `GET /v1/organization/usage/completions`.
-pub(crate) async fn usage_completions(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Page<CompletionsResult>>, ControlError> {
-    let key = customer(&s, &headers).await?;
-    let p = params(raw.as_deref())?;
+/// The models of `kind` the query covers: all of them, or those of them it names.
+async fn models_of_kind(
+    s: &AppState,
+    kind: ModelKind,
+    asked: Option<&Vec<String>>,
+) -> Result<Vec<String>, ControlError> {
+    Ok(s.store
+        .list_models()
+        .await?
+        .into_iter()
+        .filter(|m| m.kind == kind && asked.is_none_or(|a| a.contains(&m.name)))
+        .map(|m| m.name)
+        .collect())
+}
+
+/// Token usage of one kind of model, bucketed and grouped as OpenAI's usage endpoints are.
+async fn usage_page<R>(
+    s: &AppState,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+    kind: ModelKind,
+    result: impl Fn(UsageGroup, &wattmesh_store::UsageTotal) -> R,
+) -> Result<Page<R>, ControlError> {
+    let key = customer(s, headers).await?;
+    let p = params(raw)?;
     let b = buckets(
         &p,
         &[
@@ -264,7 +297,6 @@ pub(crate) async fn usage_completions(
         ],
         &["model", "api_key_id"],
     )?;
-    // One query per grouping asked; both groups at once are summed per (model, key) pair.
     let by_model = b.group_by.iter().any(|g| g == "model");
     let by_key = b.group_by.iter().any(|g| g == "api_key_id");
     let group = match (by_model, by_key) {
@@ -277,15 +309,25 @@ pub(crate) async fn usage_completions(
         .store
         .usage_totals(&UsageQuery {
             tenant: Some(key.tenant.clone()),
+            models: Some(models_of_kind(s, kind, b.models.as_ref()).await?),
             from_ms: b.start_s * 1000,
             to_ms: (b.start_s + b.count * b.width_s).min(b.end_s) * 1000,
             bucket_ms: Some(b.width_s * 1000),
             group,
         })
         .await?;
-    let page = paged(&b, totals, |t| {
+    paged(&b, totals, |t| Ok(result(group, t)))
+}
+
+/// `GET /v1/organization/usage/completions`: chat and text completion models.
+pub(crate) async fn usage_completions(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Page<CompletionsResult>>, ControlError> {
+    let page = usage_page(&s, &headers, raw.as_deref(), ModelKind::Chat, |group, t| {
         let (model, api_key_id) = split_group(group, t.group.as_deref());
-        Ok(CompletionsResult {
+        CompletionsResult {
             object: "organization.usage.completions.result",
             input_tokens: t.prompt_tokens,
             output_tokens: t.completion_tokens,
@@ -298,8 +340,37 @@ pub(crate) async fn usage_completions(
             api_key_id,
             model,
             batch: None,
-        })
-    })?;
+        }
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+/// `GET /v1/organization/usage/embeddings`: embedding models.
+pub(crate) async fn usage_embeddings(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Page<EmbeddingsResult>>, ControlError> {
+    let page = usage_page(
+        &s,
+        &headers,
+        raw.as_deref(),
+        ModelKind::Embedding,
+        |group, t| {
+            let (model, api_key_id) = split_group(group, t.group.as_deref());
+            EmbeddingsResult {
+                object: "organization.usage.embeddings.result",
+                input_tokens: t.prompt_tokens,
+                num_model_requests: t.requests,
+                project_id: None,
+                user_id: None,
+                api_key_id,
+                model,
+            }
+        },
+    )
+    .await?;
     Ok(Json(page))
 }
 
@@ -317,6 +388,7 @@ pub(crate) async fn costs(
         .store
         .usage_totals(&UsageQuery {
             tenant: Some(key.tenant.clone()),
+            models: b.models.clone(),
             from_ms: b.start_s * 1000,
             to_ms: (b.start_s + b.count * b.width_s).min(b.end_s) * 1000,
             bucket_ms: Some(b.width_s * 1000),
@@ -345,10 +417,12 @@ fn split_group(group: UsageGroup, value: Option<&str>) -> (Option<String>, Optio
         UsageGroup::None => (None, None),
         UsageGroup::Model => (value, None),
         UsageGroup::Key => (None, value),
-        UsageGroup::ModelAndKey => match value.as_deref().and_then(|v| v.split_once('\u{1f}')) {
-            Some((m, k)) => (Some(m.to_owned()), Some(k.to_owned())),
-            None => (value, None),
-        },
+        UsageGroup::ModelAndKey | UsageGroup::ModelAndDeployment => {
+            match value.as_deref().and_then(|v| v.split_once('\u{1f}')) {
+                Some((m, k)) => (Some(m.to_owned()), Some(k.to_owned())),
+                None => (value, None),
+            }
+        }
     }
 }
 

@@ -82,11 +82,21 @@ pub(crate) async fn ingest_usage(
         check_event(event).map_err(|e| ControlError::BadRequest(format!("events[{i}]: {e}")))?;
     }
     let prices = views::price_versions(&s.store.list_prices().await?);
+    // A tenant's own replicas are paid for by the hour: their tokens cost nothing more.
+    let dedicated: std::collections::BTreeMap<String, String> = s
+        .store
+        .list_deployments()
+        .await?
+        .into_iter()
+        .filter_map(|d| Some((d.name, d.dedicated_to?)))
+        .collect();
     let rated: Vec<RatedEvent> = batch
         .events
         .into_iter()
         .map(|event| {
-            let price = price_at(&prices, &event.model, &event.tenant, event.started_at_ms);
+            let own = dedicated.get(&event.deployment) == Some(&event.tenant);
+            let price = price_at(&prices, &event.model, &event.tenant, event.started_at_ms)
+                .filter(|_| !own);
             RatedEvent {
                 price_version: price.map(|p| p.version),
                 cost: price.map_or(rust_decimal::Decimal::ZERO, |p| {

@@ -70,6 +70,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(&v1("/gateways"), post(create_gateway).get(list_gateways))
         .route(&v1("/gateways/{name}/rotate"), post(rotate_gateway))
         .route(&v1("/prices"), post(set_price).get(list_prices))
+        .route(
+            &v1("/prices/dedicated"),
+            post(set_dedicated_price).get(list_dedicated_prices),
+        )
+        .route(&v1("/tenants/{name}/invoices"), get(list_invoices))
+        .route(&v1("/tenants/{name}/invoices/{period}"), get(get_invoice))
         .route(&v1("/usage"), get(usage_report))
         .route(&v1("/status"), get(status))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
@@ -87,6 +93,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/v1/organization/usage/completions",
             get(customer::usage_completions),
+        )
+        .route(
+            "/v1/organization/usage/embeddings",
+            get(customer::usage_embeddings),
         )
         .route("/v1/organization/costs", get(customer::costs));
     operator

@@ -16,13 +16,31 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
+/// The access token the test replicas are started with.
+const TOKEN: &str = "replica-token-for-tests";
+
 impl Server {
     pub async fn start(replica: Replica) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wattmesh_engine::serve(listener, replica, shutdown.clone()));
-        let http = reqwest::Client::new();
+        let access = wattmesh_engine::Access::Token(TOKEN.into());
+        let task = tokio::spawn(wattmesh_engine::serve(
+            listener,
+            replica,
+            access,
+            shutdown.clone(),
+        ));
+        // Every test's client is a gateway: it holds the replica's token.
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {TOKEN}").parse().unwrap(),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
         // The listener is bound before `serve` starts, so the first health check connects;
         // it must answer 200 for a loaded replica.
         let health = http.get(format!("{base}/health")).send().await.unwrap();
@@ -187,5 +205,44 @@ async fn streaming_matches_openai_and_the_unstreamed_answer() {
     assert_eq!(server.metric("vllm:num_requests_running").await, 0.0);
     assert_eq!(server.metric("vllm:num_requests_waiting").await, 0.0);
 
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn only_callers_with_the_replicas_token_are_served() {
+    let server = Server::start(crate::common::EMBED.clone()).await;
+    let anyone = reqwest::Client::new();
+    let body = json!({"model": crate::common::EMBED_NAME, "input": "x"});
+    for (what, token) in [
+        ("no token", None),
+        ("a wrong token", Some("not-the-token")),
+        ("a customer's key", Some("sk-wm-0123456789")),
+    ] {
+        let mut req = anyone
+            .post(format!("{}/v1/embeddings", server.base))
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{what}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "invalid_api_key", "{what}: {err}");
+    }
+    // Probes and scrapers need no token; the gateway's calls are served.
+    let health = anyone
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let served = server
+        .http
+        .post(format!("{}/v1/embeddings", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
     server.stop().await;
 }

@@ -4,6 +4,7 @@
 
 mod broken_inputs;
 mod forwarding;
+mod hardening;
 mod watcher;
 
 use axum::http::StatusCode;

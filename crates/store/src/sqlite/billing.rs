@@ -486,16 +486,22 @@ pub(super) async fn usage_totals(
         UsageGroup::Key => "key_id",
         // One text per pair, split again by the caller.
         UsageGroup::ModelAndKey => "model || char(31) || key_id",
+        UsageGroup::ModelAndDeployment => "model || char(31) || deployment",
     };
     let tenant = if query.tenant.is_some() {
         " AND tenant = ?"
     } else {
         ""
     };
+    let models = match &query.models {
+        None => String::new(),
+        Some(m) if m.is_empty() => return Ok(Vec::new()),
+        Some(m) => format!(" AND model IN ({})", vec!["?"; m.len()].join(", ")),
+    };
     let sql = format!(
         "SELECT {bucket} AS bucket, {group} AS grp, price_version, COUNT(*), \
          SUM(prompt_tokens), SUM(completion_tokens) FROM usage_events \
-         WHERE started_at_ms >= ? AND started_at_ms < ?{tenant} \
+         WHERE started_at_ms >= ? AND started_at_ms < ?{tenant}{models} \
          GROUP BY bucket, grp, price_version"
     );
     let mut q = sqlx::query_as::<_, UsageSums>(&sql);
@@ -505,6 +511,9 @@ pub(super) async fn usage_totals(
     q = q.bind(query.from_ms).bind(query.to_ms);
     if let Some(t) = &query.tenant {
         q = q.bind(t);
+    }
+    for m in query.models.iter().flatten() {
+        q = q.bind(m);
     }
     let rows = q.fetch_all(pool).await?;
 

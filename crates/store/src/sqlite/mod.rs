@@ -7,10 +7,12 @@
 //!
 //! Layout: `fleet` (regions, sites, nodes), `workloads` (models, deployments, replicas),
 //! `access` (tenants, API keys, gateways, agents, secrets, versions), `billing` (prices, the
-//! ledger, usage events, credit leases). The trait impl below only delegates.
+//! ledger, usage events, credit leases), `dedicated` (replica-hour prices and accrued replica
+//! time of dedicated deployments). The trait impl below only delegates.
 
 mod access;
 mod billing;
+mod dedicated;
 mod fleet;
 mod workloads;
 
@@ -28,13 +30,13 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use wattmesh_domain::pricing::LeaseView;
 use wattmesh_proto::api::{DeploymentSpec, Limits, Model, NodeSpec, Region, SiteSpec, TenantSpec};
-use wattmesh_proto::billing::{LedgerEntry, Price};
+use wattmesh_proto::billing::{DedicatedPrice, LedgerEntry, Price};
 use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::records::{
-    AgentRegistration, ApiKeyRecord, DeploymentRecord, GatewayRecord, NewApiKey, NewPrice,
-    NewReplica, NodeRecord, RatedEvent, ReplicaRecord, SiteHeartbeat, SiteRecord, TenantRecord,
-    UsageQuery, UsageTotal,
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, GatewayRecord, NewApiKey, NewDedicatedPrice,
+    NewPrice, NewReplica, NodeRecord, RatedEvent, ReplicaRecord, ReplicaSeconds, SiteHeartbeat,
+    SiteRecord, TenantRecord, UsageQuery, UsageTotal,
 };
 use crate::{Store, StoreError};
 
@@ -253,6 +255,26 @@ impl Store for SqliteStore {
     }
     async fn usage_totals(&self, query: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
         billing::usage_totals(&self.pool, query).await
+    }
+    async fn add_dedicated_price(
+        &self,
+        price: &NewDedicatedPrice,
+    ) -> Result<DedicatedPrice, StoreError> {
+        dedicated::add_dedicated_price(&self.pool, price).await
+    }
+    async fn list_dedicated_prices(&self) -> Result<Vec<DedicatedPrice>, StoreError> {
+        dedicated::list_dedicated_prices(&self.pool).await
+    }
+    async fn accrue_replica_seconds(&self, accrued: &[ReplicaSeconds]) -> Result<(), StoreError> {
+        dedicated::accrue_replica_seconds(&self.pool, accrued).await
+    }
+    async fn replica_seconds(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ReplicaSeconds>, StoreError> {
+        dedicated::replica_seconds(&self.pool, tenant, from_ms, to_ms).await
     }
     async fn lease_credit(
         &self,

@@ -44,6 +44,7 @@ struct DeploymentRow {
     model: String,
     replicas: i64,
     memory_bytes: i64,
+    dedicated_to: Option<String>,
 }
 
 impl TryFrom<DeploymentRow> for DeploymentRecord {
@@ -56,6 +57,7 @@ impl TryFrom<DeploymentRow> for DeploymentRecord {
             memory_bytes: from_i64("memory_bytes", r.memory_bytes)?,
             name: r.name,
             model: r.model,
+            dedicated_to: r.dedicated_to,
         })
     }
 }
@@ -99,7 +101,8 @@ fn parse_kind(s: &str) -> Result<ModelKind, StoreError> {
 }
 
 const MODEL_COLUMNS: &str = "SELECT name, kind, artifact, memory_bytes, context_tokens FROM models";
-const DEPLOYMENT_COLUMNS: &str = "SELECT d.name, d.model, d.replicas, m.memory_bytes \
+const DEPLOYMENT_COLUMNS: &str = "SELECT d.name, d.model, d.replicas, m.memory_bytes, \
+                                  d.dedicated_to \
                                   FROM deployments d JOIN models m ON m.name = d.model";
 const REPLICA_COLUMNS: &str = "SELECT r.id, r.deployment, d.model, m.kind, m.artifact, r.node, \
                                n.site, s.region, r.state, r.endpoint, r.message \
@@ -156,14 +159,23 @@ pub(super) async fn create_deployment(
     if !exists(&mut tx, "SELECT 1 FROM models WHERE name = ?", &spec.model).await? {
         return Err(StoreError::not_found("model", &spec.model));
     }
-    sqlx::query("INSERT INTO deployments (name, model, replicas, created_at) VALUES (?, ?, ?, ?)")
-        .bind(&spec.name)
-        .bind(&spec.model)
-        .bind(i64::from(spec.replicas))
-        .bind(now())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| conflict_on_duplicate(e, "deployment", &spec.name))?;
+    if let Some(tenant) = &spec.dedicated_to
+        && !exists(&mut tx, "SELECT 1 FROM tenants WHERE name = ?", tenant).await?
+    {
+        return Err(StoreError::not_found("tenant", tenant));
+    }
+    sqlx::query(
+        "INSERT INTO deployments (name, model, replicas, dedicated_to, created_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&spec.name)
+    .bind(&spec.model)
+    .bind(i64::from(spec.replicas))
+    .bind(&spec.dedicated_to)
+    .bind(now())
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| conflict_on_duplicate(e, "deployment", &spec.name))?;
     tx.commit().await?;
     get_deployment(pool, &spec.name).await
 }

@@ -12,7 +12,7 @@ use anyhow::Result;
 use crate::cli::{Cli, Command};
 
 pub async fn dispatch(cli: Cli) -> Result<()> {
-    crate::run::init_logging(&cli.log);
+    crate::run::init_logging(&cli.log, cli.log_format == "json");
     match cli.command {
         Command::Up(args) => crate::up::up(args).await,
         Command::Control(args) => serve::control(args).await,
@@ -23,6 +23,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Gateways(cmd) => money::gateways(cmd).await,
         Command::Prices(cmd) => money::prices(cmd).await,
         Command::Usage(args) => money::usage(args).await,
+        Command::Invoices(cmd) => money::invoices(cmd).await,
         Command::Status(args) => status::run(args).await,
         Command::Models(cmd) => models::run(cmd).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,

@@ -5,9 +5,13 @@ use rust_decimal::Decimal;
 use wattmesh_proto::api::{
     BillingPlan, Gateway, GatewayCreated, GatewaySpec, Limits, Tenant, TenantSpec, TopUp,
 };
-use wattmesh_proto::billing::{LedgerEntry, Price, PriceSpec, UsageRow};
+use wattmesh_proto::billing::{
+    DedicatedPrice, DedicatedPriceSpec, Invoice, LedgerEntry, LineKind, Price, PriceSpec, UsageRow,
+};
 
-use crate::cli::{GatewaysCommand, LimitArgs, PricesCommand, TenantsCommand, UsageArgs};
+use crate::cli::{
+    GatewaysCommand, InvoicesCommand, LimitArgs, PricesCommand, TenantsCommand, UsageArgs,
+};
 use crate::client::ControlClient;
 use crate::commands::{print_json, table};
 
@@ -214,10 +218,31 @@ pub async fn prices(cmd: PricesCommand) -> Result<()> {
                 p.effective_from
             );
         }
+        PricesCommand::SetDedicated {
+            deployment,
+            per_replica_hour,
+            from,
+            target,
+        } => {
+            let spec = DedicatedPriceSpec {
+                deployment,
+                per_replica_hour: decimal("--per-replica-hour", &per_replica_hour)?,
+                effective_from: from,
+            };
+            let p: DedicatedPrice = ControlClient::from_target(&target)?
+                .post("/prices/dedicated", &spec)
+                .await?;
+            println!(
+                "price v{} of deployment {}: {} {} per replica-hour, from {}",
+                p.version, p.deployment, p.per_replica_hour, p.currency, p.effective_from
+            );
+        }
         PricesCommand::List { json, target } => {
-            let prices: Vec<Price> = ControlClient::from_target(&target)?.get("/prices").await?;
+            let client = ControlClient::from_target(&target)?;
+            let prices: Vec<Price> = client.get("/prices").await?;
+            let dedicated: Vec<DedicatedPrice> = client.get("/prices/dedicated").await?;
             if json {
-                return print_json(&prices);
+                return print_json(&serde_json::json!({"tokens": prices, "dedicated": dedicated}));
             }
             let mut t = table(&[
                 "version",
@@ -238,6 +263,87 @@ pub async fn prices(cmd: PricesCommand) -> Result<()> {
                 ]);
             }
             println!("{t}");
+            if !dedicated.is_empty() {
+                let mut t = table(&["version", "deployment", "per replica-hour", "from"]);
+                for p in dedicated {
+                    t.add_row(vec![
+                        p.version.to_string(),
+                        p.deployment,
+                        format!("{} {}", p.per_replica_hour, p.currency),
+                        p.effective_from,
+                    ]);
+                }
+                println!("\n{t}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn invoices(cmd: InvoicesCommand) -> Result<()> {
+    match cmd {
+        InvoicesCommand::List {
+            tenant,
+            json,
+            target,
+        } => {
+            let list: Vec<Invoice> = ControlClient::from_target(&target)?
+                .get(&format!("/tenants/{tenant}/invoices"))
+                .await?;
+            if json {
+                return print_json(&list);
+            }
+            let mut t = table(&["period", "status", "lines", "total"]);
+            for i in list {
+                t.add_row(vec![
+                    i.period,
+                    format!("{:?}", i.status).to_lowercase(),
+                    i.lines.len().to_string(),
+                    format!("{} {}", i.total, i.currency),
+                ]);
+            }
+            println!("{t}");
+        }
+        InvoicesCommand::Show {
+            tenant,
+            period,
+            json,
+            target,
+        } => {
+            let i: Invoice = ControlClient::from_target(&target)?
+                .get(&format!("/tenants/{tenant}/invoices/{period}"))
+                .await?;
+            if json {
+                return print_json(&i);
+            }
+            println!("invoice  {} {}", i.tenant, i.period);
+            println!("period   {} to {}", i.from, i.to);
+            println!("status   {}", format!("{:?}", i.status).to_lowercase());
+            let mut t = table(&[
+                "item",
+                "deployment",
+                "requests",
+                "prompt",
+                "completion",
+                "replica-hours",
+                "amount",
+            ]);
+            for l in &i.lines {
+                let item = match l.kind {
+                    LineKind::Tokens => l.model.clone().unwrap_or_default(),
+                    LineKind::ReplicaHours => "replica-hours".to_owned(),
+                };
+                t.add_row(vec![
+                    item,
+                    l.deployment.clone(),
+                    l.requests.to_string(),
+                    l.prompt_tokens.to_string(),
+                    l.completion_tokens.to_string(),
+                    l.replica_hours.to_string(),
+                    format!("{} {}", l.amount, i.currency),
+                ]);
+            }
+            println!("\n{t}\n\ntotal    {} {}", i.total, i.currency);
         }
     }
     Ok(())

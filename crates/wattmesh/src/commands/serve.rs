@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use wattmesh_agent::{AgentConfig, Catalog};
 
-use crate::cli::{AgentArgs, ControlArgs, GatewayArgs};
+use crate::cli::{AgentArgs, ControlArgs, GatewayArgs, GatewayServing};
 use crate::client::read_secret;
 use crate::run::Services;
 
@@ -36,9 +36,23 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--metrics-listen)",
+                args.metrics_listen
+            )
+        })?;
     println!("gateway on http://{}/v1", listener.local_addr()?);
-    let options =
+    println!(
+        "gateway metrics on http://{}/metrics",
+        metrics.local_addr()?
+    );
+    let mut options =
         wattmesh_gateway::GatewayOptions::new(args.control_url.clone(), args.token, args.spool);
+    args.serving.apply(&mut options)?;
+    options.metrics_listener = Some(metrics);
     let services = Services::new();
     services.spawn(
         "gateway",
@@ -112,5 +126,28 @@ pub fn site_agent_config(s: SiteAgent) -> AgentConfig {
         node_memory_bytes: s.node_memory_bytes,
         models_dir: s.models_dir,
         catalog: s.catalog,
+    }
+}
+
+impl GatewayServing {
+    /// Puts the flags into `options`, refusing a body limit the replicas would not take.
+    pub fn apply(&self, options: &mut wattmesh_gateway::GatewayOptions) -> Result<()> {
+        if self.max_body_bytes > wattmesh_gateway::DEFAULT_MAX_BODY_BYTES {
+            anyhow::bail!(
+                "--max-body-bytes {} is above {}: replicas must take every body the gateway \
+                 admits",
+                self.max_body_bytes,
+                wattmesh_gateway::DEFAULT_MAX_BODY_BYTES
+            );
+        }
+        if self.max_connections == 0 {
+            anyhow::bail!("--max-connections must be at least 1");
+        }
+        options.max_body_bytes = self.max_body_bytes;
+        options.header_read_timeout = Duration::from_secs(self.header_timeout_s);
+        options.body_read_timeout = Duration::from_secs(self.body_timeout_s);
+        options.idle_timeout = Duration::from_secs(self.idle_timeout_s);
+        options.max_connections = self.max_connections;
+        Ok(())
     }
 }
