@@ -373,11 +373,17 @@ async fn proxy(
         let worst = price.cost(worst_prompt, worst_completion);
         match st.credit.reserve(&key.tenant, worst).await {
             Ok(r) => Some(r),
-            Err(CreditError::Exhausted) => {
-                st.metrics.rejected(Rejection::InsufficientQuota);
-                return Err(GatewayError::InsufficientQuota(rate_headers));
+            Err(refused) => {
+                // Nothing was served: the request's tokens go back to the limits.
+                limits.finish(0, crate::now_ms());
+                return Err(match refused {
+                    CreditError::Exhausted => {
+                        st.metrics.rejected(Rejection::InsufficientQuota);
+                        GatewayError::InsufficientQuota(rate_headers)
+                    }
+                    CreditError::Unavailable(e) => GatewayError::CreditUnavailable(e),
+                });
             }
-            Err(CreditError::Unavailable(e)) => return Err(GatewayError::CreditUnavailable(e)),
         }
     } else {
         None
