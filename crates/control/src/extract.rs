@@ -43,7 +43,7 @@ impl From<QueryRejection> for ControlError {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str, ControlError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ControlError> {
     headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

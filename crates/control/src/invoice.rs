@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
+use wattmesh_domain::pricing::in_force;
 use wattmesh_proto::billing::{
     CURRENCY, DedicatedPrice, Invoice, InvoiceLine, InvoiceStatus, LineKind,
 };
-use wattmesh_store::{ReplicaSeconds, UsageTotal};
+use wattmesh_store::{ReplicaSeconds, UsageGroup, UsageTotal};
 
 use crate::clock::format_ms;
 
@@ -33,12 +34,11 @@ pub(crate) fn invoice(inputs: &InvoiceInputs<'_>) -> Invoice {
         .usage
         .iter()
         .map(|u| {
-            let group = u.group.as_deref().unwrap_or_default();
-            let (model, deployment) = group.split_once('\u{1f}').unwrap_or((group, ""));
+            let (model, deployment) = UsageGroup::ModelAndDeployment.split(u.group.as_deref());
             InvoiceLine {
                 kind: LineKind::Tokens,
-                model: Some(model.to_owned()),
-                deployment: deployment.to_owned(),
+                model,
+                deployment: deployment.unwrap_or_default(),
                 requests: u.requests,
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
@@ -87,11 +87,12 @@ pub(crate) fn invoice(inputs: &InvoiceInputs<'_>) -> Invoice {
 
 /// The price per replica-hour of `deployment` in force at `at_ms`; 0 when none was set.
 fn price_at(prices: &[DedicatedPrice], deployment: &str, at_ms: i64) -> Decimal {
-    prices
-        .iter()
-        .filter(|p| p.deployment == deployment && p.effective_from_ms <= at_ms)
-        .max_by_key(|p| (p.effective_from_ms, p.version))
-        .map_or(Decimal::ZERO, |p| p.per_replica_hour)
+    in_force(
+        prices.iter().filter(|p| p.deployment == deployment),
+        at_ms,
+        |p| (p.effective_from_ms, p.version),
+    )
+    .map_or(Decimal::ZERO, |p| p.per_replica_hour)
 }
 
 /// The replica time between `from_ms` and `to_ms`, cut at hour boundaries: (hour start,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wattmesh_domain::pricing::{PriceVersion, TokenPrice};
+use wattmesh_domain::pricing::{PriceVersion, TokenPrice, in_force};
 use wattmesh_proto::agent::ReplicaAssignment;
 use wattmesh_proto::api::{self, KeyStatus, Model, ReplicaState};
 use wattmesh_proto::billing::{CURRENCY, Price};
@@ -135,19 +135,18 @@ pub(crate) fn price_versions(prices: &[Price]) -> Vec<PriceVersion> {
 }
 
 /// The prices in force at `now_ms` that a gateway needs for admission: each model's list
-/// price and every tenant override, latest version each.
+/// price and every tenant override, each its version in force.
 fn prices_in_force(prices: &[Price], now_ms: i64) -> Vec<GatewayPrice> {
-    let mut latest: BTreeMap<(&str, Option<&str>), &Price> = BTreeMap::new();
-    for p in prices.iter().filter(|p| p.effective_from_ms <= now_ms) {
-        let slot = latest
+    let mut versions: BTreeMap<(&str, Option<&str>), Vec<&Price>> = BTreeMap::new();
+    for p in prices {
+        versions
             .entry((p.model.as_str(), p.tenant.as_deref()))
-            .or_insert(p);
-        if (p.effective_from_ms, p.version) > (slot.effective_from_ms, slot.version) {
-            *slot = p;
-        }
+            .or_default()
+            .push(p);
     }
-    latest
+    versions
         .into_values()
+        .filter_map(|v| in_force(v, now_ms, |p| (p.effective_from_ms, p.version)))
         .map(|p| GatewayPrice {
             model: p.model.clone(),
             tenant: p.tenant.clone(),

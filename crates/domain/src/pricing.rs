@@ -38,9 +38,23 @@ pub struct PriceVersion {
     pub price: TokenPrice,
 }
 
+/// The version in force at `at_ms` among `versions` of one price: the latest
+/// `effective_from_ms` not after `at_ms`, the later version on a tie. `when` gives a version's
+/// (effective_from_ms, version). Every versioned price (token prices, their overrides,
+/// dedicated replica-hour prices) is chosen by this one rule.
+pub fn in_force<'a, T: 'a>(
+    versions: impl IntoIterator<Item = &'a T>,
+    at_ms: i64,
+    when: impl Fn(&T) -> (i64, u64),
+) -> Option<&'a T> {
+    versions
+        .into_iter()
+        .filter(|v| when(v).0 <= at_ms)
+        .max_by_key(|v| when(v))
+}
+
 /// The price in force for `tenant` using `model` at `at_ms`: the tenant's own override if one
-/// is in force, else the list price; within each, the latest `effective_from_ms` not after
-/// `at_ms` (the later version on a tie). `None` when no price is set: the usage is free.
+/// is in force, else the list price. `None` when no price is set: the usage is free.
 pub fn price_at<'a>(
     prices: &'a [PriceVersion],
     model: &str,
@@ -48,14 +62,13 @@ pub fn price_at<'a>(
     at_ms: i64,
 ) -> Option<&'a PriceVersion> {
     let latest = |for_tenant: Option<&str>| {
-        prices
-            .iter()
-            .filter(|p| {
-                p.model == model
-                    && p.tenant.as_deref() == for_tenant
-                    && p.effective_from_ms <= at_ms
-            })
-            .max_by_key(|p| (p.effective_from_ms, p.version))
+        in_force(
+            prices
+                .iter()
+                .filter(|p| p.model == model && p.tenant.as_deref() == for_tenant),
+            at_ms,
+            |p| (p.effective_from_ms, p.version),
+        )
     };
     latest(Some(tenant)).or_else(|| latest(None))
 }

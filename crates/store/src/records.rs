@@ -182,6 +182,28 @@ pub enum UsageGroup {
     ModelAndDeployment,
 }
 
+/// What joins the two names of a pair group in [`UsageTotal::group`].
+pub(crate) const PAIR_SEPARATOR: char = '\u{1f}';
+
+impl UsageGroup {
+    /// A total's group as (model, second name): the key id for [`UsageGroup::Key`] and
+    /// [`UsageGroup::ModelAndKey`], the deployment for [`UsageGroup::ModelAndDeployment`].
+    pub fn split(self, group: Option<&str>) -> (Option<String>, Option<String>) {
+        let group = group.map(str::to_owned);
+        match self {
+            UsageGroup::None => (None, None),
+            UsageGroup::Model => (group, None),
+            UsageGroup::Key => (None, group),
+            UsageGroup::ModelAndKey | UsageGroup::ModelAndDeployment => {
+                match group.as_deref().and_then(|g| g.split_once(PAIR_SEPARATOR)) {
+                    Some((model, other)) => (Some(model.to_owned()), Some(other.to_owned())),
+                    None => (group, None),
+                }
+            }
+        }
+    }
+}
+
 /// Replica time a dedicated deployment held in one hour.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaSeconds {

@@ -91,21 +91,33 @@ const LEDGER_COLUMNS: &str =
 
 // --- prices ---
 
+/// What every price must be: no amount below 0, and in [`CURRENCY`]. Ledgers and balances
+/// carry no currency of their own: a price in another one would be added to them as if it
+/// were the same money.
+pub(super) fn check_price(
+    what: &str,
+    amounts: &[Decimal],
+    currency: &str,
+) -> Result<(), StoreError> {
+    if let Some(negative) = amounts.iter().find(|a| a.is_sign_negative()) {
+        return Err(StoreError::Invalid(format!(
+            "{what} must be at least 0, not {negative}"
+        )));
+    }
+    if currency != CURRENCY {
+        return Err(StoreError::Invalid(format!(
+            "prices are kept in {CURRENCY}, not {currency:?}"
+        )));
+    }
+    Ok(())
+}
+
 pub(super) async fn add_price(pool: &SqlitePool, price: &NewPrice) -> Result<Price, StoreError> {
-    if price.input_per_1m.is_sign_negative() || price.output_per_1m.is_sign_negative() {
-        return Err(StoreError::Invalid(format!(
-            "prices must be at least 0, not {} / {}",
-            price.input_per_1m, price.output_per_1m
-        )));
-    }
-    // Ledgers and balances carry no currency of their own: a price in another one would be
-    // added to them as if it were the same money.
-    if price.currency != CURRENCY {
-        return Err(StoreError::Invalid(format!(
-            "prices are kept in {CURRENCY}, not {:?}",
-            price.currency
-        )));
-    }
+    check_price(
+        "a token price",
+        &[price.input_per_1m, price.output_per_1m],
+        &price.currency,
+    )?;
     let mut tx = begin_write(pool).await?;
     if !exists(&mut tx, "SELECT 1 FROM models WHERE name = ?", &price.model).await? {
         return Err(StoreError::not_found("model", &price.model));
@@ -484,7 +496,7 @@ pub(super) async fn usage_totals(
         UsageGroup::None => "NULL",
         UsageGroup::Model => "model",
         UsageGroup::Key => "key_id",
-        // One text per pair, split again by the caller.
+        // One text per pair (char(31) is `PAIR_SEPARATOR`), split by `UsageGroup::split`.
         UsageGroup::ModelAndKey => "model || char(31) || key_id",
         UsageGroup::ModelAndDeployment => "model || char(31) || deployment",
     };

@@ -3,8 +3,9 @@
 //! billed for time held, used or not.
 
 use sqlx::{FromRow, SqlitePool};
-use wattmesh_proto::billing::{CURRENCY, DedicatedPrice};
+use wattmesh_proto::billing::DedicatedPrice;
 
+use super::billing::check_price;
 use super::fleet::exists;
 use super::{begin_write, from_i64, now, parse_decimal, to_i64};
 use crate::StoreError;
@@ -38,18 +39,11 @@ pub(super) async fn add_dedicated_price(
     pool: &SqlitePool,
     price: &NewDedicatedPrice,
 ) -> Result<DedicatedPrice, StoreError> {
-    if price.per_replica_hour.is_sign_negative() {
-        return Err(StoreError::Invalid(format!(
-            "a price per replica-hour must be at least 0, not {}",
-            price.per_replica_hour
-        )));
-    }
-    if price.currency != CURRENCY {
-        return Err(StoreError::Invalid(format!(
-            "prices are kept in {CURRENCY}, not {:?}",
-            price.currency
-        )));
-    }
+    check_price(
+        "a price per replica-hour",
+        &[price.per_replica_hour],
+        &price.currency,
+    )?;
     let mut tx = begin_write(pool).await?;
     let dedicated: Option<(Option<String>,)> =
         sqlx::query_as("SELECT dedicated_to FROM deployments WHERE name = ?")
