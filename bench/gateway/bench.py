@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -372,9 +373,8 @@ def memory_phase(mock, cfg, logdir, work, results, gw_all):
     # The one-key gateway gets the same warm-up, for a like-for-like baseline.
     wrk(gw_all.url, OUR_KEY, stream=False, conns=32, seconds=cfg["mem_s"], threads=2)
     one_key_warm = gw_all.rss_kib()
-    spool = work / "wattmesh-bench-spool-mem.db"
-    for p in work.glob("wattmesh-bench-spool-mem.db*"):
-        p.unlink()
+    spool = work / "wattmesh-bench-spool-mem"
+    shutil.rmtree(spool, ignore_errors=True)
     srv = Server("gateway-mem", [str(cfg["bin"] / "bench_gateway"), "--upstream", mock.url, "--mode",
                                  "all", "--spool", str(spool), "--keys", "10000", "--tenants",
                                  "1000"], logdir, ready="line")
@@ -573,9 +573,8 @@ def main():
         if a.shm:  # diagnosis: the same as `all`, with the spool's fsyncs made free
             gateways.append(("all-shm", "all", Path("/dev/shm")))
         for name, mode, where in gateways:
-            spool = where / f"wattmesh-bench-spool-{name}.db"
-            for p in where.glob(f"wattmesh-bench-spool-{name}.db*"):
-                p.unlink()
+            spool = where / f"wattmesh-bench-spool-{name}"
+            shutil.rmtree(spool, ignore_errors=True)
             servers.append(Server(f"gateway-{name}",
                                   [str(cfg["bin"] / "bench_gateway"), "--upstream", mock.url,
                                    "--mode", mode, "--spool", str(spool), "--threads",
@@ -596,8 +595,9 @@ def main():
         if a.profile:
             profile_phase(targets, servers, cfg, results)
         for name, _, where in gateways:
+            # Bytes of records, not the segments' preallocated size.
             results.setdefault("spool_bytes", {})[name] = sum(
-                p.stat().st_size for p in where.glob(f"wattmesh-bench-spool-{name}.db*"))
+                p.stat().st_blocks * 512 for p in (where / f"wattmesh-bench-spool-{name}").glob("*"))
         if not a.no_litellm:
             for srv in servers[1:]:  # only the mock stays up beside LiteLLM
                 srv.stop()
@@ -607,7 +607,7 @@ def main():
             srv.stop()
         for where in (Path("/dev/shm"), work):  # hundreds of MB of usage events
             for p in where.glob("wattmesh-bench-spool-*"):
-                p.unlink()
+                shutil.rmtree(p, ignore_errors=True)
     summarize(results)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=1))

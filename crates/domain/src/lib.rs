@@ -6,6 +6,7 @@
 //! - [`scheduler`]: places deployment replicas on nodes.
 //! - [`pricing`]: rating usage, a request's worst case, the price in force, credit leases.
 //! - [`limits`]: rate-limit token buckets (requests and tokens per minute).
+//! - [`mining`]: ASIC models and their physics; hashprice, hashcost, break-even power price.
 //!
 //! **Architecture invariant:** nothing here performs I/O, reads a clock or spawns a task. Every
 //! decision is a deterministic function of its inputs, so the control plane, the gateway and
@@ -13,6 +14,7 @@
 
 pub mod fleet;
 pub mod limits;
+pub mod mining;
 pub mod model;
 pub mod pricing;
 pub mod scheduler;

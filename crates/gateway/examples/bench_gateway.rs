@@ -1,7 +1,7 @@
 //! The gateway's data plane in one process, configured directly, for benchmarks
 //! (`bench/gateway/run`). A real gateway only routes to replicas an agent reported ready, so
 //! a benchmark cannot put an arbitrary upstream behind `wattmesh gateway`; this harness builds
-//! the same [`GatewayState`] that `wattmesh_gateway::run` builds (a real SQLite spool on disk,
+//! the same [`GatewayState`] that `wattmesh_gateway::run` builds (a real spool on disk,
 //! credit, limits) and serves the same [`wattmesh_gateway::router`] (with plain `axum::serve`,
 //! not `run`'s accept loop), with a config it sets itself instead of one watched from the
 //! control plane. No shipper runs: usage events stay in the spool, as when the control plane
@@ -10,7 +10,7 @@
 //! ```sh
 //! cargo run --release -p wattmesh-gateway --example bench_gateway -- \
 //!     --listen 127.0.0.1:0 --upstream http://127.0.0.1:9000 --mode all \
-//!     --spool target/bench/gateway/spool.db [--keys 10000 --tenants 1000] [--threads 2] \
+//!     --spool target/bench/gateway/spool [--keys 10000 --tenants 1000] [--threads 2] \
 //!     [--nodelay on|off]
 //! ```
 //!
@@ -67,7 +67,7 @@ fn parse_args() -> AnyResult<Args> {
         listen: "127.0.0.1:0".into(),
         upstream: String::new(),
         mode: Mode::Auth,
-        spool: "spool.db".into(),
+        spool: "spool".into(),
         keys: 1,
         tenants: 1,
         threads: 2,

@@ -67,7 +67,7 @@ pub struct GatewayOptions {
     /// This gateway's own token (`wattmesh gateways create`): good for its config, credit
     /// leases and usage batches, and nothing else.
     pub control_token: String,
-    /// The usage spool's SQLite file; its directory must exist.
+    /// The usage spool's directory (made if missing; its parent must exist).
     pub spool_path: PathBuf,
     /// Request bodies above this get 413. Keep it below the replicas' own limit
     /// (`wattmesh_engine::server::MAX_BODY_BYTES`): a body the gateway admits must never be
@@ -134,10 +134,15 @@ impl std::fmt::Debug for GatewayOptions {
     }
 }
 
-/// Everything a request handler needs; cheap to clone. The config in force is swapped whole
-/// by [`GatewayState::set_config`]: by the watcher in production, by the test itself in tests.
+/// Everything a request handler needs; cheap to clone (one reference count: axum clones the
+/// state for every request, several times). The config in force is swapped whole by
+/// [`GatewayState::set_config`]: by the watcher in production, by the test itself in tests.
 #[derive(Debug, Clone)]
-pub struct GatewayState {
+pub struct GatewayState(Arc<StateInner>);
+
+/// What [`GatewayState`] shares.
+#[derive(Debug, Clone)]
+pub struct StateInner {
     config: Arc<RwLock<Arc<Snapshot>>>,
     pub(crate) replicas: replicas::ReplicaTable,
     pub(crate) http: reqwest::Client,
@@ -158,7 +163,7 @@ impl GatewayState {
     /// A state with no config yet (requests get 503 until [`Self::set_config`]), metering
     /// into `spool` and reserving prepaid credit from `credit`.
     pub fn new(max_body_bytes: usize, spool: spool::Spool, credit: Arc<credit::Credit>) -> Self {
-        Self {
+        Self(Arc::new(StateInner {
             config: Arc::default(),
             replicas: replicas::ReplicaTable::default(),
             http: Self::http_client(),
@@ -171,7 +176,12 @@ impl GatewayState {
             control_url: Arc::from(""),
             metrics: Arc::default(),
             shipper: Arc::default(),
-        }
+        }))
+    }
+
+    /// For the builder methods, before the state is shared.
+    fn inner_mut(&mut self) -> &mut StateInner {
+        Arc::make_mut(&mut self.0)
     }
 
     /// The gateway's metrics in Prometheus text.
@@ -181,13 +191,19 @@ impl GatewayState {
 
     /// The control plane customers' usage and costs requests are passed to.
     pub fn with_control_url(mut self, control_url: &str) -> Self {
-        self.control_url = Arc::from(control_url.trim_end_matches('/'));
+        self.inner_mut().control_url = Arc::from(control_url.trim_end_matches('/'));
+        self
+    }
+
+    /// Where the shipper counts, for the metrics.
+    pub fn with_shipper_stats(mut self, stats: Arc<shipper::ShipperStats>) -> Self {
+        self.inner_mut().shipper = stats;
         self
     }
 
     /// How long a request body may take to arrive before the client gets 408.
     pub fn with_body_read_timeout(mut self, timeout: Duration) -> Self {
-        self.body_read_timeout = timeout;
+        self.inner_mut().body_read_timeout = timeout;
         self
     }
 
@@ -223,6 +239,14 @@ impl GatewayState {
     /// Whether `replica` may be picked now (not ejected).
     pub fn replica_healthy(&self, replica: &str) -> bool {
         self.replicas.get(replica).healthy()
+    }
+}
+
+impl std::ops::Deref for GatewayState {
+    type Target = StateInner;
+
+    fn deref(&self) -> &StateInner {
+        &self.0
     }
 }
 

@@ -210,21 +210,21 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// Settles the holds with the real usage and returns the finished event with its cost,
-    /// ready for the spool.
+    /// Settles the holds with the real usage, counts the request in the metrics, and returns
+    /// the finished event with its cost and the spool it goes to.
     fn close(
-        &mut self,
+        mut self,
         outcome: Outcome,
         status: u16,
         usage: Option<Usage>,
         content_chunks: u64,
-    ) -> (UsageEvent, Option<(String, Decimal)>) {
+    ) -> (UsageEvent, Option<(String, Decimal)>, Spool) {
         let (prompt, completion) = match usage {
             Some(u) => (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)),
             None => (0, content_chunks),
         };
         let now = Instant::now();
-        let mut event = self.event.clone();
+        let mut event = self.event;
         event.prompt_tokens = prompt;
         event.completion_tokens = completion;
         event.ttft_ms = self
@@ -257,33 +257,32 @@ impl Meter {
             r.settle(cost);
             (tenant, cost)
         });
-        (event, spend)
+        self.metrics.finished(&event);
+        (event, spend, self.spool)
     }
 
     /// Writes the event and waits until it is durable.
     pub async fn finish(
-        mut self,
+        self,
         outcome: Outcome,
         status: u16,
         usage: Option<Usage>,
         content_chunks: u64,
     ) -> Result<(), crate::spool::SpoolError> {
-        let (event, spend) = self.close(outcome, status, usage, content_chunks);
-        self.metrics.finished(&event);
-        self.spool.append(event, spend).await.map(|_| ())
+        let (event, spend, spool) = self.close(outcome, status, usage, content_chunks);
+        spool.append(event, spend).await.map(|_| ())
     }
 
     /// Writes the event without waiting (the client is gone; nobody waits for the answer).
     pub fn finish_detached(
-        mut self,
+        self,
         outcome: Outcome,
         status: u16,
         usage: Option<Usage>,
         content_chunks: u64,
     ) {
-        let (event, spend) = self.close(outcome, status, usage, content_chunks);
-        self.metrics.finished(&event);
-        self.spool.append_detached(event, spend);
+        let (event, spend, spool) = self.close(outcome, status, usage, content_chunks);
+        spool.append_detached(event, spend);
     }
 }
 

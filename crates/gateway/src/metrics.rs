@@ -6,12 +6,19 @@
 //! Each gateway owns its recorder (the `metrics` facade with the Prometheus exporter, scoped
 //! with `with_local_recorder`) instead of installing a global one, so several gateways in one
 //! process (tests) do not mix their counts.
+//!
+//! The per-request series (by model and tenant) are registered once and their handles kept in
+//! `Series`: registering builds a key from owned label strings and hashes it into the
+//! recorder's registry, which, five times per request, cost more than the rest of the
+//! bookkeeping together.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -41,6 +48,20 @@ pub enum Rejection {
 pub struct GatewayMetrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Handles by model, then tenant.
+    series: RwLock<HashMap<String, HashMap<String, Arc<Series>>>>,
+    overhead: Histogram,
+}
+
+/// The handles of one model and tenant's series.
+#[derive(Debug)]
+struct Series {
+    /// `requests_total` with status 200, by far the most common.
+    ok: Counter,
+    duration: Histogram,
+    ttft: Histogram,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -62,7 +83,15 @@ impl GatewayMetrics {
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();
         let handle = recorder.handle();
-        let this = Self { recorder, handle };
+        let overhead = metrics::with_local_recorder(&recorder, || {
+            histogram!("wattmesh_gateway_overhead_seconds")
+        });
+        let this = Self {
+            recorder,
+            handle,
+            series: RwLock::default(),
+            overhead,
+        };
         this.with(|| {
             describe_counter!(
                 "wattmesh_gateway_requests_total",
@@ -115,9 +144,60 @@ impl GatewayMetrics {
         metrics::with_local_recorder(&self.recorder, f)
     }
 
+    /// The handles of `model` and `tenant`'s series, registered on first use.
+    fn series(&self, model: &str, tenant: &str) -> Arc<Series> {
+        let known = self
+            .series
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(model)
+            .and_then(|tenants| tenants.get(tenant))
+            .cloned();
+        if let Some(series) = known {
+            return series;
+        }
+        let series = Arc::new(self.with(|| Series {
+            ok: counter!(
+                "wattmesh_gateway_requests_total",
+                "model" => model.to_owned(),
+                "tenant" => tenant.to_owned(),
+                "status" => "200"
+            ),
+            duration: histogram!(
+                "wattmesh_gateway_request_duration_seconds",
+                "model" => model.to_owned()
+            ),
+            ttft: histogram!("wattmesh_gateway_ttft_seconds", "model" => model.to_owned()),
+            prompt_tokens: counter!(
+                "wattmesh_gateway_tokens_total",
+                "model" => model.to_owned(),
+                "tenant" => tenant.to_owned(),
+                "direction" => "prompt"
+            ),
+            completion_tokens: counter!(
+                "wattmesh_gateway_tokens_total",
+                "model" => model.to_owned(),
+                "tenant" => tenant.to_owned(),
+                "direction" => "completion"
+            ),
+        }));
+        self.series
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(model.to_owned())
+            .or_default()
+            .entry(tenant.to_owned())
+            .or_insert(series)
+            .clone()
+    }
+
     /// An answer the gateway sent, with whatever labels it knows (empty when it refused the
     /// request before knowing them).
     pub fn answered(&self, model: &str, tenant: &str, status: u16) {
+        if status == 200 {
+            self.series(model, tenant).ok.increment(1);
+            return;
+        }
         self.with(|| {
             counter!(
                 "wattmesh_gateway_requests_total",
@@ -131,31 +211,17 @@ impl GatewayMetrics {
 
     /// A finished forwarded request: its latency, time to first token and tokens.
     pub fn finished(&self, event: &UsageEvent) {
-        self.with(|| {
-            let model = event.model.clone();
-            histogram!("wattmesh_gateway_request_duration_seconds", "model" => model.clone())
-                .record(event.duration_ms as f64 / 1e3);
-            if let Some(ttft) = event.ttft_ms {
-                histogram!("wattmesh_gateway_ttft_seconds", "model" => model.clone())
-                    .record(ttft as f64 / 1e3);
-            }
-            for (direction, n) in [
-                ("prompt", event.prompt_tokens),
-                ("completion", event.completion_tokens),
-            ] {
-                counter!(
-                    "wattmesh_gateway_tokens_total",
-                    "model" => model.clone(),
-                    "tenant" => event.tenant.clone(),
-                    "direction" => direction
-                )
-                .increment(n);
-            }
-        });
+        let series = self.series(&event.model, &event.tenant);
+        series.duration.record(event.duration_ms as f64 / 1e3);
+        if let Some(ttft) = event.ttft_ms {
+            series.ttft.record(ttft as f64 / 1e3);
+        }
+        series.prompt_tokens.increment(event.prompt_tokens);
+        series.completion_tokens.increment(event.completion_tokens);
     }
 
     pub fn overhead(&self, spent: Duration) {
-        self.with(|| histogram!("wattmesh_gateway_overhead_seconds").record(spent.as_secs_f64()));
+        self.overhead.record(spent.as_secs_f64());
     }
 
     pub fn rejected(&self, why: Rejection) {

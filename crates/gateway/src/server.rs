@@ -133,11 +133,11 @@ pub async fn run(
         token: options.control_token.clone(),
     };
     let credit = crate::credit::Credit::new(spent, std::sync::Arc::new(leaser));
-    let mut state = GatewayState::new(options.max_body_bytes, spool.clone(), credit)
-        .with_control_url(&options.control_url)
-        .with_body_read_timeout(options.body_read_timeout);
     let shipper_stats = std::sync::Arc::new(crate::shipper::ShipperStats::default());
-    state.shipper = shipper_stats.clone();
+    let state = GatewayState::new(options.max_body_bytes, spool.clone(), credit)
+        .with_control_url(&options.control_url)
+        .with_body_read_timeout(options.body_read_timeout)
+        .with_shipper_stats(shipper_stats.clone());
     let tasks = TaskTracker::new();
     let background = shutdown.child_token();
     // The shipper outlives the listener: it gets the drained requests' events out last.
@@ -206,9 +206,8 @@ type SpoolOpened = (
     std::collections::HashMap<String, rust_decimal::Decimal>,
 );
 
-/// Opens the spool and reads what this gateway spent before it restarted. Boxed so the future
-/// is proven `Send` here, where sqlx's executor lifetimes are concrete; `run`'s callers
-/// could not prove it through the generic layers.
+/// Opens the spool and reads what this gateway spent before it restarted. Boxed, which keeps
+/// `run`'s own future small.
 fn open_spool(
     path: std::path::PathBuf,
 ) -> futures::future::BoxFuture<'static, Result<SpoolOpened, crate::spool::SpoolError>> {

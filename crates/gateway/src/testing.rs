@@ -96,7 +96,7 @@ impl crate::credit::Leaser for NoLeases {
 /// A gateway state with a real spool in a temp dir (kept alive by the returned guard).
 pub async fn state(max_body_bytes: usize) -> (crate::GatewayState, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let spool = crate::spool::Spool::open(&dir.path().join("spool.db"))
+    let spool = crate::spool::Spool::open(&dir.path().join("spool"))
         .await
         .expect("opening the spool");
     let credit = crate::credit::Credit::new(Default::default(), Arc::new(NoLeases));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use wattmesh_gateway::spool::{Spool, SpoolError};
+use wattmesh_gateway::spool::{Spool, SpoolError, SpoolOptions};
 use wattmesh_proto::usage::{Outcome, UsageEvent};
 
 /// How long a condition may take before the test fails instead of hanging.
@@ -39,6 +39,22 @@ fn event(i: u64) -> UsageEvent {
     }
 }
 
+/// CRC-32 (IEEE), as the spool's records carry it.
+fn crc32fast_hash(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 fn cents(n: i64) -> Decimal {
     Decimal::new(n, 2)
 }
@@ -60,19 +76,48 @@ where
     }
 }
 
-fn wal_of(db: &Path) -> PathBuf {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    PathBuf::from(wal)
+/// What a crash leaves: the spool directory's files as they are on disk now, copied while the
+/// spool still has them open (its lock file is left behind, as a dead process leaves it free).
+fn crash_copy(spool: &Path, to_dir: &Path) -> PathBuf {
+    let copy = to_dir.join("crashed");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(spool).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+    }
+    copy
 }
 
-/// What a crash leaves: the database and its WAL as they are on disk now, copied while the
-/// spool still has them open (a clean close would checkpoint and delete the WAL).
-fn crash_copy(db: &Path, to_dir: &Path) -> PathBuf {
-    let copy = to_dir.join("crashed.db");
-    std::fs::copy(db, &copy).unwrap();
-    std::fs::copy(wal_of(db), wal_of(&copy)).unwrap();
-    copy
+/// The spool's segment files, oldest first.
+fn segments(spool: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// The segment being written: the last one with records (a spare, made ahead, may follow).
+fn current_segment(spool: &Path) -> PathBuf {
+    segments(spool)
+        .into_iter()
+        .rev()
+        .find(|p| written_len(p) > 0)
+        .unwrap()
+}
+
+/// Where the last whole record of `segment` ends: the first zero header after records.
+fn written_len(segment: &Path) -> usize {
+    let bytes = std::fs::read(segment).unwrap();
+    let mut at = 0;
+    while at + 13 <= bytes.len() && bytes[at..at + 4] == *b"WMU1" {
+        at += 13 + u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+    }
+    at
 }
 
 mod spool {
@@ -81,7 +126,7 @@ mod spool {
     #[tokio::test]
     async fn concurrent_appends_are_durable_in_order_with_fewer_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).await.unwrap();
 
         let tasks: Vec<_> = (0..200)
             .map(|i| {
@@ -125,7 +170,7 @@ mod spool {
     #[tokio::test]
     async fn reopening_keeps_unacked_events_and_spend_and_seqs_keep_growing() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spool.db");
+        let path = dir.path().join("spool");
         let spool = Spool::open(&path).await.unwrap();
         assert_eq!(spool.oldest_started_at_ms(), None);
         for i in 0..5 {
@@ -160,7 +205,7 @@ mod spool {
     #[tokio::test]
     async fn an_acked_event_is_gone_and_acking_again_is_harmless() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).await.unwrap();
         for i in 0..3 {
             spool.append(event(i), None).await.unwrap();
         }
@@ -195,7 +240,7 @@ mod spool {
     #[tokio::test]
     async fn append_detached_from_a_drop_lands() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).await.unwrap();
         drop(Metered {
             spool: spool.clone(),
             event: Some(event(7)),
@@ -208,13 +253,13 @@ mod spool {
         assert_eq!(spool.spent().await.unwrap()["tenant-x"], cents(5));
     }
 
-    /// More detached appends than the queue holds, some from outside any runtime: the ones that
-    /// find it full wait in a task or a thread, and none is lost.
+    /// A burst of detached appends while the runtime is busy, some from outside any runtime:
+    /// none waits for the disk and none is lost.
     #[tokio::test]
-    async fn append_detached_loses_nothing_when_the_queue_is_full() {
+    async fn a_burst_of_detached_appends_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
-        // On this single-threaded runtime the writer cannot drain while this loop runs.
+        let spool = Spool::open(&dir.path().join("spool")).await.unwrap();
+        // On this single-threaded runtime no waiter runs while this loop does.
         for i in 0..5000 {
             spool.append_detached(event(i), spend(i));
         }
@@ -245,7 +290,7 @@ mod spool {
     #[tokio::test]
     async fn an_append_that_returned_survives_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spool.db");
+        let path = dir.path().join("spool");
         let spool = Spool::open(&path).await.unwrap();
         spool.append(event(1), spend(1)).await.unwrap();
 
@@ -256,70 +301,229 @@ mod spool {
         drop(spool);
     }
 
+    /// A crash in the middle of a group's write leaves a torn record; recovery keeps every
+    /// record before it, and writing goes on past it in a new segment.
     #[tokio::test]
-    async fn a_wal_cut_mid_frame_recovers_the_commits_before_the_cut() {
+    async fn a_segment_cut_mid_record_recovers_the_records_before_the_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spool.db");
+        let path = dir.path().join("spool");
         let spool = Spool::open(&path).await.unwrap();
         for i in 0..10 {
             spool.append(event(i), spend(i)).await.unwrap();
         }
-        let wal_after_10 = std::fs::metadata(wal_of(&path)).unwrap().len();
+        let segment = current_segment(&path);
+        let after_10 = written_len(&segment);
         for i in 10..20 {
             spool.append(event(i), spend(i)).await.unwrap();
         }
-
         let after = tempfile::tempdir().unwrap();
         let copy = crash_copy(&path, after.path());
         drop(spool);
-        let wal = std::fs::read(wal_of(&copy)).unwrap();
-        let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as u64;
-        let cut = wal_after_10 + (24 + page_size) / 2;
+
+        // Cut the eleventh record in half, and make sure what follows the cut still looks like
+        // records (as pages written out of order by a crash would): recovery must stop anyway.
+        let torn = copy.join(segment.file_name().unwrap());
+        let mut bytes = std::fs::read(&torn).unwrap();
         assert!(
-            cut < wal.len() as u64,
-            "the cut falls inside the later commits"
+            written_len(&torn) > after_10 + 100,
+            "the later records are there"
         );
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(wal_of(&copy))
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        bytes[after_10 + 40] ^= 0xff;
+        std::fs::write(&torn, &bytes).unwrap();
 
         let recovered = Spool::open(&copy).await.unwrap();
         let events = recovered.oldest(100).await.unwrap();
         assert_eq!(
             events,
             (0..10).map(|i| (i + 1, event(i))).collect::<Vec<_>>(),
-            "exactly the ten commits before the cut"
+            "exactly the ten records before the cut"
         );
         assert_eq!(recovered.depth(), 10);
         let total: Decimal = recovered.spent().await.unwrap().values().sum();
         assert_eq!(total, cents(10), "spend agrees with the events kept");
-        // And it goes on: the next seq follows the last one kept.
+        // And it goes on: the next seq follows the last one kept, and a restart reads the torn
+        // segment the same way, with the new records after it.
         assert_eq!(recovered.append(event(99), None).await.unwrap(), 11);
+        recovered.shutdown().await;
+        let again = Spool::open(&copy).await.unwrap();
+        let ids: Vec<String> = again
+            .oldest(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.id)
+            .collect();
+        let mut want: Vec<String> = (0..10).map(|i| event(i).id).collect();
+        want.push(event(99).id);
+        assert_eq!(ids, want);
+    }
+
+    /// A file cut short inside a record (a filesystem without preallocation, or a copy cut
+    /// short) is a torn tail too.
+    #[tokio::test]
+    async fn a_segment_file_cut_short_recovers_the_records_before_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let spool = Spool::open(&path).await.unwrap();
+        for i in 0..5 {
+            spool.append(event(i), spend(i)).await.unwrap();
+        }
+        let after = tempfile::tempdir().unwrap();
+        let copy = crash_copy(&path, after.path());
+        drop(spool);
+        let segment = current_segment(&copy);
+        let len = written_len(&segment);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(len as u64 - 10)
+            .unwrap();
+        let recovered = Spool::open(&copy).await.unwrap();
+        assert_eq!(recovered.depth(), 4);
+        let total: Decimal = recovered.spent().await.unwrap().values().sum();
+        assert_eq!(total, cents(4));
+    }
+
+    /// Segments roll over as they fill, each starting with a checkpoint; shipped ones are
+    /// deleted, and a spool whose early segments are gone still knows its spend and seqs.
+    #[tokio::test]
+    async fn segments_roll_over_and_shipped_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let options = SpoolOptions {
+            segment_bytes: 4096,
+        };
+        let spool = Spool::open_with(&path, options).await.unwrap();
+        for i in 0..100 {
+            spool.append(event(i), spend(i)).await.unwrap();
+        }
+        assert!(
+            segments(&path).len() > 5,
+            "{} segments",
+            segments(&path).len()
+        );
+        let stored = spool.oldest(1000).await.unwrap();
+        assert_eq!(stored.len(), 100);
+        assert!(
+            stored
+                .iter()
+                .enumerate()
+                .all(|(i, (seq, e))| *seq == i as u64 + 1 && e.id == event(i as u64).id)
+        );
+
+        // Ship in batches, as the shipper does.
+        let mut shipped = 0;
+        while shipped < 90 {
+            let batch = spool.oldest(7).await.unwrap();
+            assert_eq!(
+                batch[0].0,
+                shipped + 1,
+                "each read starts after the last ack"
+            );
+            let last = batch.last().unwrap().0.min(90);
+            spool.ack(last).await.unwrap();
+            shipped = last;
+        }
+        assert_eq!(spool.depth(), 10);
+        assert_eq!(spool.oldest_started_at_ms(), Some(event(90).started_at_ms));
+        let left = segments(&path).len();
+        assert!(left <= 4, "shipped segments are deleted: {left} left");
+        spool.shutdown().await;
+
+        let spool = Spool::open_with(&path, options).await.unwrap();
+        assert_eq!(spool.depth(), 10);
+        let left: Vec<u64> = spool
+            .oldest(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(left, (91..=100).collect::<Vec<_>>());
+        let spent = spool.spent().await.unwrap();
+        assert_eq!(
+            spent.values().sum::<Decimal>(),
+            cents(100),
+            "spend of deleted segments is kept"
+        );
+        assert_eq!(spool.append(event(100), None).await.unwrap(), 101);
     }
 
     #[tokio::test]
-    async fn a_file_that_is_not_a_database_is_a_clear_error() {
+    async fn a_file_in_place_of_the_spool_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.db");
-        std::fs::write(
-            &path,
-            "these are not the pages you are looking for\n".repeat(100),
-        )
-        .unwrap();
+        std::fs::write(&path, "an older gateway's SQLite spool\n").unwrap();
         let err = Spool::open(&path).await.unwrap_err();
         assert!(matches!(&err, SpoolError::Open { path: p, .. } if *p == path));
         let message = err.to_string();
         assert!(message.contains(&path.display().to_string()), "{message}");
-        assert!(message.contains("not a database"), "{message}");
+        assert!(message.contains("not a directory"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_second_gateway_on_the_same_spool_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let first = Spool::open(&path).await.unwrap();
+        let err = Spool::open(&path).await.unwrap_err();
+        assert!(matches!(&err, SpoolError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another gateway"), "{err}");
+        first.shutdown().await;
+        Spool::open(&path)
+            .await
+            .expect("free again once the first has closed");
+    }
+
+    /// Damage that is not a torn tail: the files are left alone for an operator, and the
+    /// gateway says why it does not start.
+    #[tokio::test]
+    async fn unreadable_segments_are_clear_errors_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let spool = Spool::open(&path).await.unwrap();
+        spool.append(event(1), spend(1)).await.unwrap();
+        spool.shutdown().await;
+        let segment = current_segment(&path);
+        let end = written_len(&segment);
+        let pristine = std::fs::read(&segment).unwrap();
+
+        // A record of a kind from a newer gateway, with a valid checksum.
+        let mut newer = pristine.clone();
+        let payload = b"future";
+        let mut crc = crc32fast_hash(&[&[9u8][..], payload].concat());
+        let mut frame = b"WMU1".to_vec();
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc.to_le_bytes());
+        frame.push(9);
+        frame.extend_from_slice(payload);
+        newer[end..end + frame.len()].copy_from_slice(&frame);
+        std::fs::write(&segment, &newer).unwrap();
+        let err = Spool::open(&path).await.unwrap_err();
+        assert!(matches!(&err, SpoolError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("newer gateway"), "{err}");
+        assert_eq!(std::fs::read(&segment).unwrap(), newer, "left in place");
+
+        // An intact checksum over a checkpoint that is not JSON.
+        let mut bad = pristine.clone();
+        let payload = b"not json";
+        crc = crc32fast_hash(&[&[1u8][..], payload].concat());
+        let mut frame = b"WMU1".to_vec();
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc.to_le_bytes());
+        frame.push(1);
+        frame.extend_from_slice(payload);
+        bad[end..end + frame.len()].copy_from_slice(&frame);
+        std::fs::write(&segment, &bad).unwrap();
+        let err = Spool::open(&path).await.unwrap_err();
+        assert!(matches!(&err, SpoolError::Corrupt { .. }), "{err}");
     }
 
     #[tokio::test]
     async fn a_missing_directory_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("no-such-dir").join("spool.db");
+        let path = dir.path().join("no-such-dir").join("spool");
         let err = Spool::open(&path).await.unwrap_err();
         assert!(matches!(&err, SpoolError::Open { path: p, .. } if *p == path));
     }
@@ -327,7 +531,7 @@ mod spool {
     #[tokio::test]
     async fn shutdown_writes_what_was_queued_then_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spool.db");
+        let path = dir.path().join("spool");
         let spool = Spool::open(&path).await.unwrap();
         for i in 0..50 {
             spool.append_detached(event(i), spend(i));
@@ -341,7 +545,6 @@ mod spool {
         assert!(matches!(other.ack(1).await, Err(SpoolError::Closed)));
         other.append_detached(event(100), None); // logged, no panic
         drop(other);
-        assert!(!wal_of(&path).exists(), "a clean close checkpoints the WAL");
 
         let spool = Spool::open(&path).await.unwrap();
         assert_eq!(spool.depth(), 50);
@@ -454,7 +657,7 @@ mod shipper {
 
     async fn start(url: &str, events: u64) -> Running {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).await.unwrap();
         for i in 0..events {
             spool.append(event(i), spend(i)).await.unwrap();
         }
@@ -598,7 +801,7 @@ mod shipper {
     async fn shipper_flushes_at_shutdown() {
         let (url, ingest) = control_plane(Vec::new()).await;
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool.db")).await.unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).await.unwrap();
         for i in 0..600 {
             spool.append(event(i), None).await.unwrap();
         }

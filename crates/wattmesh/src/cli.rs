@@ -122,12 +122,13 @@ pub struct GatewayArgs {
     /// This gateway's token, from `wattmesh gateways create NAME`.
     #[arg(long, env = "WATTMESH_GATEWAY_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// The usage spool (SQLite); usage waits here until the control plane has it. Keep it on
-    /// durable storage: what is in it is unbilled money.
+    /// The usage spool, a directory (made if missing; its parent must exist); usage waits
+    /// here until the control plane has it. Keep it on durable storage: what is in it is
+    /// unbilled money. One gateway per spool.
     #[arg(
         long,
         env = "WATTMESH_SPOOL",
-        default_value = "./wattmesh-gateway-spool.db"
+        default_value = "./wattmesh-gateway-spool"
     )]
     pub spool: PathBuf,
     /// Where Prometheus scrapes `/metrics` (kept off the customers' port).

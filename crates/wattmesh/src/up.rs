@@ -33,7 +33,9 @@ const NODE_MEMORY_BYTES: u64 = 4 << 30;
 /// The gateway `up` runs, and where its token and usage spool live in the data directory.
 const GATEWAY_NAME: &str = "local";
 const GATEWAY_TOKEN_FILE: &str = "gateway-token";
-const GATEWAY_SPOOL_FILE: &str = "gateway-spool.db";
+const GATEWAY_SPOOL_DIR: &str = "gateway-spool";
+/// Where gateways before the segment-log spool kept it.
+const OLD_GATEWAY_SPOOL_FILE: &str = "gateway-spool.db";
 /// List prices per million prompt and completion tokens set on first start, so the demo's
 /// usage has a cost; `wattmesh prices set` changes them.
 const DEMO_PRICES: [(&str, &str, &str); 2] = [
@@ -74,10 +76,19 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
     let metrics_listener = bind(args.gateway_metrics_listen, "--gateway-metrics-listen").await?;
     let metrics_url = format!("http://{}/metrics", metrics_listener.local_addr()?);
+    let old_spool = args.data_dir.join(OLD_GATEWAY_SPOOL_FILE);
+    if old_spool.exists() {
+        tracing::warn!(
+            path = %old_spool.display(),
+            "an older gateway's SQLite usage spool is in the data directory; this gateway \
+             spools to {GATEWAY_SPOOL_DIR}/ and does not read it (its usage reached the control \
+             plane if that gateway's wattmesh_gateway_spool_depth was 0 when it stopped)"
+        );
+    }
     let mut options = wattmesh_gateway::GatewayOptions::new(
         control_url.clone(),
         gateway_token,
-        args.data_dir.join(GATEWAY_SPOOL_FILE),
+        args.data_dir.join(GATEWAY_SPOOL_DIR),
     );
     options.metrics_listener = Some(metrics_listener);
     services.spawn(
