@@ -7,6 +7,10 @@
 //! - [`pricing`]: rating usage, a request's worst case, the price in force, credit leases.
 //! - [`limits`]: rate-limit token buckets (requests and tokens per minute).
 //! - [`mining`]: ASIC models and their physics; hashprice, hashcost, break-even power price.
+//! - [`market`]: electricity price series (tariff, CSV, synthetic ERCOT-like traces) and the
+//!   Bitcoin market's hashprice per interval.
+//! - [`planner`]: the linear program that splits a site's power among GPUs, ASICs and the grid,
+//!   its rolling horizon, and the baselines it is measured against.
 //!
 //! **Architecture invariant:** nothing here performs I/O, reads a clock or spawns a task. Every
 //! decision is a deterministic function of its inputs, so the control plane, the gateway and
@@ -14,8 +18,10 @@
 
 pub mod fleet;
 pub mod limits;
+pub mod market;
 pub mod mining;
 pub mod model;
+pub mod planner;
 pub mod pricing;
 pub mod scheduler;
 

@@ -231,7 +231,11 @@ mod tests {
     #[test]
     fn the_curve_is_concave_and_efficiency_improves_when_underclocked() {
         for m in &ASIC_MODELS {
-            assert!(close(m.hashrate_ths(m.nominal_w), m.nominal_ths, 1e-9), "{}", m.name);
+            assert!(
+                close(m.hashrate_ths(m.nominal_w), m.nominal_ths, 1e-9),
+                "{}",
+                m.name
+            );
             assert_eq!(m.hashrate_ths(m.min_w - 1.0), 0.0);
             assert_eq!(m.hashrate_ths(f64::NAN), 0.0);
             assert_eq!(m.hashrate_ths(m.max_w * 2.0), m.hashrate_ths(m.max_w));
