@@ -59,6 +59,59 @@ pub enum Command {
     /// Manage deployments.
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
+    /// The power planner offline: backtests over price series.
+    #[command(subcommand)]
+    Planner(PlannerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlannerCommand {
+    /// Run the planner, the fleet tools' baselines (always mine, strike-price curtailment, a
+    /// static GPU/ASIC split) and the perfect-foresight optimum over a price series for one
+    /// site, and print each one's margin.
+    Backtest(BacktestArgs),
+    /// Write a synthetic electricity price series (CSV on stdout), shaped to ERCOT's
+    /// statistics: a lognormal base, negative nights, spikes up to the $5,000 cap.
+    Prices(PricesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// Price series: CSV of `timestamp,usd_per_mwh` (unix seconds or RFC 3339, interval
+    /// starts, 5 or 15 minutes apart, no gaps).
+    #[arg(long)]
+    pub prices: PathBuf,
+    /// The site: interconnect, PUE, ASIC and GPU groups, demand, market (see the README).
+    #[arg(long)]
+    pub site: PathBuf,
+    /// Intervals the planner looks ahead [default: one day].
+    #[arg(long)]
+    pub horizon: Option<usize>,
+    /// Intervals between replans [default: one hour].
+    #[arg(long)]
+    pub step: Option<usize>,
+    /// The optimum is solved over windows of this many intervals [default: one week]; a
+    /// series no longer than one window gets the exact optimum.
+    #[arg(long)]
+    pub optimum_window: Option<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PricesArgs {
+    /// Seed of the generator: the same seed gives the same series.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 7)]
+    pub days: u32,
+    /// 5 or 15.
+    #[arg(long, default_value_t = 15)]
+    pub interval_minutes: u32,
+    /// Start, unix seconds [default: 2024-01-01T00:00:00Z].
+    #[arg(long, default_value_t = 1_704_067_200)]
+    pub start_unix_s: i64,
 }
 
 /// Where the state lives and how to reach the control API.

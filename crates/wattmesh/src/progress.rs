@@ -1,5 +1,5 @@
-//! Progress bars for model pulls: one bar per model, bytes hashed and written, so a first
-//! start that fetches a few hundred megabytes never looks hung.
+//! Progress bars: model pulls (one bar per model, bytes hashed and written, so a first start
+//! that fetches a few hundred megabytes never looks hung) and long computations in steps.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -65,4 +65,17 @@ impl PullProgress for PullBars {
             eprintln!("{model}: ready");
         }
     }
+}
+
+/// A bar of `len` named steps on stderr (hidden when stderr is not a terminal).
+pub fn steps(what: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {prefix} [{pos}/{len}] {msg} {elapsed}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_prefix(what.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
 }

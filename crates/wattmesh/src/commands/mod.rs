@@ -4,6 +4,7 @@ pub mod deployments;
 pub mod keys;
 pub mod models;
 pub mod money;
+pub mod planner;
 pub mod serve;
 pub mod status;
 
@@ -27,6 +28,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Models(cmd) => models::run(cmd).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,
+        Command::Planner(cmd) => planner::run(cmd).await,
     }
 }
 
