@@ -62,6 +62,80 @@ pub enum Command {
     /// The power planner offline: backtests over price series.
     #[command(subcommand)]
     Planner(PlannerCommand),
+    /// Miners on their own protocol (CGMiner API, LuxOS): status, sleep, wake, a simulator.
+    #[command(subcommand)]
+    Miners(MinersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MinersCommand {
+    /// Each miner's power and hashrate, read from the miner itself.
+    Status(MinerStatusArgs),
+    /// Put miners to sleep (LuxOS `curtail sleep`), each confirmed by its own telemetry.
+    Sleep(MinerOpArgs),
+    /// Wake miners in staggered waves, each confirmed by its own telemetry.
+    Wake(MinerOpArgs),
+    /// Run simulated miners on their own ports and a simulated site meter, until Ctrl-C.
+    Sim(MinerSimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MinerStatusArgs {
+    /// Miners: `IP:PORT`, or `IP:FIRST-LAST` for a run of ports; comma-separated or repeated.
+    #[arg(long, required = true)]
+    pub miners: Vec<String>,
+    /// Miners asked at once.
+    #[arg(long, default_value_t = 64)]
+    pub parallelism: usize,
+    /// Seconds each exchange with a miner may take.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout_s: f64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MinerOpArgs {
+    /// Miners: `IP:PORT`, or `IP:FIRST-LAST` for a run of ports; comma-separated or repeated.
+    #[arg(long, required = true)]
+    pub miners: Vec<String>,
+    /// Miners talked to at once.
+    #[arg(long, default_value_t = 64)]
+    pub parallelism: usize,
+    /// Seconds each exchange with a miner may take.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout_s: f64,
+    /// Seconds a miner has, after acknowledging, to show the new state in its telemetry.
+    #[arg(long, default_value_t = 60.0)]
+    pub confirm_within_s: f64,
+    /// Miners woken together (wake only).
+    #[arg(long, default_value_t = 50)]
+    pub wave_size: usize,
+    /// Seconds between waves (wake only).
+    #[arg(long, default_value_t = 30.0)]
+    pub wave_gap_s: f64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MinerSimArgs {
+    #[arg(long, default_value_t = 100)]
+    pub units: u32,
+    /// An ASIC model of FACTS.md's table.
+    #[arg(long, default_value = "Antminer S21")]
+    pub model: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: std::net::IpAddr,
+    /// Unit `i` listens on this port + `i`.
+    #[arg(long, default_value_t = 40280)]
+    pub base_port: u16,
+    /// Where the simulated site meter serves Modbus TCP.
+    #[arg(long, default_value = "127.0.0.1:1502")]
+    pub meter_listen: SocketAddr,
+    /// The meter reads the miners' draw times this (cooling, conversion).
+    #[arg(long, default_value_t = 1.05)]
+    pub pue: f64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 
 pub mod deployments;
 pub mod keys;
+pub mod miners;
 pub mod models;
 pub mod money;
 pub mod planner;
@@ -29,6 +30,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Models(cmd) => models::run(cmd).await,
         Command::Deployments(cmd) => deployments::run(cmd).await,
         Command::Planner(cmd) => planner::run(cmd).await,
+        Command::Miners(cmd) => miners::run(cmd).await,
     }
 }
 

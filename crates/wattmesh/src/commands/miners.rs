@@ -1,0 +1,311 @@
+//! `wattmesh miners`: miners on their own protocol, from the operator's shell. `status` reads
+//! each miner's power and hashrate; `sleep` and `wake` run the fleet operations of
+//! `wattmesh_miner::fleet` (bounded parallelism, each miner confirmed by its own telemetry,
+//! wakes in staggered waves); `sim` runs simulated miners and a simulated site meter to try
+//! them on.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use wattmesh_miner::fleet::{self, FleetOptions, FleetReport};
+use wattmesh_miner::meter::{SimMeter, SiteLoad};
+use wattmesh_miner::sim::{SimFleet, SimOptions, UnitSpec};
+use wattmesh_miner::{MinerClient, fleet::telemetry};
+
+use crate::cli::{MinerOpArgs, MinerSimArgs, MinerStatusArgs, MinersCommand};
+
+/// Most addresses one `--miners` range may name.
+const MAX_RANGE: u32 = 100_000;
+
+pub async fn run(cmd: MinersCommand) -> Result<()> {
+    match cmd {
+        MinersCommand::Status(args) => status(args).await,
+        MinersCommand::Sleep(args) => operate(args, Op::Sleep).await,
+        MinersCommand::Wake(args) => operate(args, Op::Wake).await,
+        MinersCommand::Sim(args) => sim(args).await,
+    }
+}
+
+/// Reads `--miners` values: `IP:PORT`, or `IP:FIRST-LAST` for a run of ports; several
+/// separated by commas.
+pub fn parse_miners(values: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for part in values.iter().flat_map(|v| v.split(',')).map(str::trim) {
+        if part.is_empty() {
+            continue;
+        }
+        let (host, ports) = part
+            .rsplit_once(':')
+            .with_context(|| format!("miner {part:?}: expected IP:PORT or IP:FIRST-LAST"))?;
+        let ip: std::net::IpAddr = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .with_context(|| format!("miner {part:?}: {host:?} is not an IP address"))?;
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (ports, ports),
+        };
+        let port = |p: &str| -> Result<u16> {
+            p.parse()
+                .with_context(|| format!("miner {part:?}: {p:?} is not a port"))
+        };
+        let (first, last) = (port(first)?, port(last)?);
+        if first > last || u32::from(last - first) >= MAX_RANGE {
+            bail!("miner {part:?}: the port range runs backwards");
+        }
+        out.extend((first..=last).map(|p| SocketAddr::new(ip, p)));
+    }
+    if out.is_empty() {
+        bail!("no miners given: --miners IP:PORT[,IP:FIRST-LAST...]");
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+struct MinerStatus {
+    addr: SocketAddr,
+    state: &'static str,
+    watts: Option<f64>,
+    ths_5s: Option<f64>,
+    error: Option<String>,
+}
+
+async fn status(args: MinerStatusArgs) -> Result<()> {
+    let miners = parse_miners(&args.miners)?;
+    let timeout = Duration::from_secs_f64(args.timeout_s);
+    let opts = FleetOptions::default();
+    let mut rows: Vec<MinerStatus> = stream::iter(miners.iter().copied())
+        .map(|addr| {
+            let opts = opts.clone();
+            async move {
+                let client = MinerClient::new(addr, timeout);
+                match telemetry(&client).await {
+                    Ok(t) => MinerStatus {
+                        addr,
+                        state: if t.watts <= opts.asleep_max_w && t.ths_5s <= opts.idle_max_ths {
+                            "asleep"
+                        } else if t.ths_5s <= opts.idle_max_ths {
+                            "not hashing"
+                        } else {
+                            "hashing"
+                        },
+                        watts: Some(t.watts),
+                        ths_5s: Some(t.ths_5s),
+                        error: None,
+                    },
+                    Err(e) => MinerStatus {
+                        addr,
+                        state: "unreachable",
+                        watts: None,
+                        ths_5s: None,
+                        error: Some(e.to_string()),
+                    },
+                }
+            }
+        })
+        .buffer_unordered(args.parallelism.max(1))
+        .collect()
+        .await;
+    rows.sort_by_key(|r| r.addr);
+    let unreachable = rows.iter().filter(|r| r.error.is_some()).count();
+    if args.json {
+        super::print_json(&rows)?;
+    } else {
+        let mut t = super::table(&["miner", "state", "watts", "th/s (5s)", "error"]);
+        for r in &rows {
+            t.add_row(vec![
+                r.addr.to_string(),
+                r.state.to_owned(),
+                r.watts.map_or("-".into(), |w| format!("{w:.0}")),
+                r.ths_5s.map_or("-".into(), |h| format!("{h:.1}")),
+                r.error.clone().unwrap_or_default(),
+            ]);
+        }
+        println!("{t}");
+        let kw: f64 = rows.iter().filter_map(|r| r.watts).sum::<f64>() / 1e3;
+        let phs: f64 = rows.iter().filter_map(|r| r.ths_5s).sum::<f64>() / 1e3;
+        println!(
+            "{} miners, {} unreachable; {kw:.1} kW, {phs:.3} PH/s",
+            rows.len(),
+            unreachable
+        );
+    }
+    if unreachable > 0 {
+        bail!("{unreachable} of {} miners did not answer", rows.len());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Sleep,
+    Wake,
+}
+
+#[derive(Debug, Serialize)]
+struct OpRow {
+    addr: SocketAddr,
+    acknowledged_after_s: Option<f64>,
+    confirmed_after_s: Option<f64>,
+    watts: Option<f64>,
+    error: Option<String>,
+}
+
+async fn operate(args: MinerOpArgs, op: Op) -> Result<()> {
+    let miners = parse_miners(&args.miners)?;
+    let opts = FleetOptions {
+        parallelism: args.parallelism,
+        timeout: Duration::from_secs_f64(args.timeout_s),
+        confirm_within: Duration::from_secs_f64(args.confirm_within_s),
+        wave_size: args.wave_size,
+        wave_gap: Duration::from_secs_f64(args.wave_gap_s),
+        ..FleetOptions::default()
+    };
+    let verb = match op {
+        Op::Sleep => "sleep",
+        Op::Wake => "wake",
+    };
+    let bar = crate::progress::steps(verb, 1);
+    bar.set_message(format!("{} miners", miners.len()));
+    let report = match op {
+        Op::Sleep => fleet::sleep(&miners, &opts).await,
+        Op::Wake => fleet::wake(&miners, &opts).await,
+    }
+    .with_context(|| format!("miners {verb}"))?;
+    bar.finish_and_clear();
+    let rows = rows(&report);
+    let failed = rows.iter().filter(|r| r.error.is_some()).count();
+    if args.json {
+        super::print_json(&rows)?;
+    } else {
+        for r in rows.iter().filter(|r| r.error.is_some()) {
+            println!("{}: {}", r.addr, r.error.as_deref().unwrap_or_default());
+        }
+        let done = rows.len() - failed;
+        let last = |f: fn(&OpRow) -> Option<f64>| rows.iter().filter_map(f).fold(0.0_f64, f64::max);
+        println!(
+            "{verb}: {done} of {} miners confirmed; last acknowledgement after {:.1} s, last confirmation after {:.1} s",
+            rows.len(),
+            last(|r| r.acknowledged_after_s),
+            last(|r| r.confirmed_after_s),
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} of {} miners did not {verb}", rows.len());
+    }
+    Ok(())
+}
+
+fn rows(report: &FleetReport) -> Vec<OpRow> {
+    let after = |at: Option<tokio::time::Instant>| at.map(|at| (at - report.started).as_secs_f64());
+    report
+        .miners
+        .iter()
+        .map(|m| OpRow {
+            addr: m.addr,
+            acknowledged_after_s: after(m.acknowledged_at),
+            confirmed_after_s: after(m.confirmed_at),
+            watts: m.last.map(|t| t.watts),
+            error: m.error.as_ref().map(ToString::to_string),
+        })
+        .collect()
+}
+
+async fn sim(args: MinerSimArgs) -> Result<()> {
+    let model = wattmesh_domain::mining::asic_model(&args.model).with_context(|| {
+        let known: Vec<&str> = wattmesh_domain::mining::ASIC_MODELS
+            .iter()
+            .map(|m| m.name)
+            .collect();
+        format!(
+            "unknown model {:?}; known: {}",
+            args.model,
+            known.join(", ")
+        )
+    })?;
+    if args.units == 0 {
+        bail!("--units must be at least 1");
+    }
+    if !(args.pue >= 1.0 && args.pue.is_finite()) {
+        bail!("--pue must be at least 1");
+    }
+    let units = vec![UnitSpec::new(*model); args.units as usize];
+    let fleet = SimFleet::start_with(
+        units,
+        SimOptions {
+            ip: args.ip,
+            base_port: Some(args.base_port),
+            speed: 1.0,
+        },
+    )
+    .await
+    .context("starting the simulated miners")?;
+    let load = SiteLoad::new(fleet.total_watts() / 1e3 * args.pue);
+    let listener = tokio::net::TcpListener::bind(args.meter_listen)
+        .await
+        .with_context(|| format!("--meter-listen {}", args.meter_listen))?;
+    let meter = SimMeter::start(listener, load.clone()).context("starting the simulated meter")?;
+    let first = fleet.addrs().first().copied();
+    let last = fleet.addrs().last().copied();
+    if let (Some(first), Some(last)) = (first, last) {
+        println!(
+            "{} × {} on {}:{}-{}",
+            fleet.len(),
+            model.name,
+            first.ip(),
+            first.port(),
+            last.port()
+        );
+    }
+    println!("meter {} (Modbus TCP, unit 1)", meter.local_addr());
+    println!("Ctrl-C to stop");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => load.set_kw(fleet.total_watts() / 1e3 * args.pue),
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    meter.shutdown().await;
+    fleet.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn miner_lists() {
+        let addrs = parse_miners(&[
+            "127.0.0.1:4028".into(),
+            "10.0.0.2:40001-40003, 10.0.0.3:1".into(),
+        ])
+        .unwrap();
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "127.0.0.1:4028",
+                "10.0.0.2:40001",
+                "10.0.0.2:40002",
+                "10.0.0.2:40003",
+                "10.0.0.3:1"
+            ]
+        );
+        for bad in [
+            "",
+            "127.0.0.1",
+            "host:4028",
+            "127.0.0.1:x",
+            "127.0.0.1:5-4",
+            "127.0.0.1:1-99999",
+        ] {
+            assert!(parse_miners(&[bad.into()]).is_err(), "{bad:?}");
+        }
+    }
+}
