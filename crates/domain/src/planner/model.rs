@@ -525,6 +525,27 @@ impl SiteSpec {
                         ));
                     }
                 }
+                // A probability is per interval: over a year the windows should expect about
+                // `peaks` peak intervals. Far more means a probability meant per window (0.1
+                // over 976 summer-afternoon quarter hours is 98 expected peaks, a charge 24
+                // times too high).
+                let per_hour = 60.0 / f64::from(cp.interval_minutes);
+                let expected: f64 = cp
+                    .windows
+                    .iter()
+                    .map(|w| {
+                        let days: u32 = w.months.iter().map(|&m| days_in_month(m)).sum();
+                        f64::from(days) * w.hours.len() as f64 * per_hour * w.probability
+                    })
+                    .sum();
+                if expected > f64::from(cp.peaks) * 1.05 {
+                    return Err(bad(
+                        "coincident_peak.windows",
+                        expected,
+                        "expect more peak intervals a year than `peaks`: a probability is per \
+                         interval (peaks / intervals in the windows)",
+                    ));
+                }
                 Some(CoincidentPeak {
                     peaks: f64::from(cp.peaks),
                     interval_minutes: cp.interval_minutes,
@@ -884,5 +905,14 @@ impl SiteState {
             });
         }
         Ok(())
+    }
+}
+
+/// Days in month `m` (1–12) of a common year.
+fn days_in_month(m: u8) -> u32 {
+    match m {
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
     }
 }

@@ -513,6 +513,21 @@ fn bad_sites_name_the_field() {
         ),
         (
             |s| {
+                s.coincident_peak = Some(CoincidentPeakSpec {
+                    peaks: 4,
+                    interval_minutes: 15,
+                    usd_per_kw: 100.0,
+                    windows: vec![PeakWindow {
+                        months: vec![6, 7, 8, 9],
+                        hours: vec![16, 17],
+                        probability: 0.1,
+                    }],
+                })
+            },
+            "coincident_peak.windows",
+        ),
+        (
+            |s| {
                 s.dr_events = vec![DrEventSpec {
                     start: "tomorrow".into(),
                     minutes: 30,
@@ -722,7 +737,7 @@ fees_btc_per_block = 0.02
 peaks = 4
 interval_minutes = 15
 usd_per_kw = 100
-windows = [{ months = [6, 7, 8, 9], hours = [16, 17], probability = 0.1 }]
+windows = [{ months = [6, 7, 8, 9], hours = [16, 17], probability = 0.004 }]
 
 [[dr_events]]
 start = "2024-08-20T17:00:00-05:00"
@@ -744,8 +759,8 @@ fn a_site_file_builds_a_timeline() {
     let t = site.timeline(&prices, None).unwrap();
     let x = t.intervals();
     // 16:00 and 17:00 local in August are likely peaks; 18:00 is not.
-    assert_eq!(x[0].peak_probability, 0.1);
-    assert_eq!(x[7].peak_probability, 0.1);
+    assert_eq!(x[0].peak_probability, 0.004);
+    assert_eq!(x[7].peak_probability, 0.004);
     assert_eq!(x[8].peak_probability, 0.0);
     // The DR event covers 17:00–17:30: intervals 4 and 5, half the payment each.
     let dr: Vec<Option<DrCall>> = x.iter().map(|i| i.dr).collect();
