@@ -79,23 +79,9 @@ pub enum MinersCommand {
     Sim(MinerSimArgs),
 }
 
+/// Which miners, and how to talk to them.
 #[derive(Debug, Args)]
-pub struct MinerStatusArgs {
-    /// Miners: `IP:PORT`, or `IP:FIRST-LAST` for a run of ports; comma-separated or repeated.
-    #[arg(long, required = true)]
-    pub miners: Vec<String>,
-    /// Miners asked at once.
-    #[arg(long, default_value_t = 64)]
-    pub parallelism: usize,
-    /// Seconds each exchange with a miner may take.
-    #[arg(long, default_value_t = 5.0)]
-    pub timeout_s: f64,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct MinerOpArgs {
+pub struct MinerTargets {
     /// Miners: `IP:PORT`, or `IP:FIRST-LAST` for a run of ports; comma-separated or repeated.
     #[arg(long, required = true)]
     pub miners: Vec<String>,
@@ -105,6 +91,20 @@ pub struct MinerOpArgs {
     /// Seconds each exchange with a miner may take.
     #[arg(long, default_value_t = 5.0)]
     pub timeout_s: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct MinerStatusArgs {
+    #[command(flatten)]
+    pub target: MinerTargets,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MinerOpArgs {
+    #[command(flatten)]
+    pub target: MinerTargets,
     /// Seconds a miner has, after acknowledging, to show the new state in its telemetry.
     #[arg(long, default_value_t = 60.0)]
     pub confirm_within_s: f64,

@@ -148,6 +148,17 @@ fn miners_that_do_not_answer_fail_the_command_and_are_named() {
         let out = wattmesh(&["miners", "status", "--miners", bad]);
         assert!(!out.status.success(), "{bad}");
     }
+    // Durations that would panic `Duration::from_secs_f64`.
+    for bad in ["-1", "NaN", "1e300", "0"] {
+        let flag = format!("--timeout-s={bad}");
+        let out = wattmesh(&["miners", "status", "--miners", &addr, &flag]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--timeout-s must be"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = wattmesh(&["miners", "sim", "--model", "Antminer S9"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: Antminer S19 XP"));

@@ -170,6 +170,8 @@ fn broken_inputs_are_clear_errors() {
     for args in [
         &["planner", "prices", "--interval-minutes", "10"][..],
         &["planner", "prices", "--days", "0"][..],
+        &["planner", "prices", "--start-unix-s=-5"][..],
+        &["planner", "prices", "--start-unix-s", "9223372036854775807"][..],
     ] {
         let out = wattmesh(args);
         assert!(!out.status.success(), "{args:?}");

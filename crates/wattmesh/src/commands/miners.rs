@@ -65,6 +65,14 @@ pub fn parse_miners(values: &[String]) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
+/// A duration flag in seconds: `Duration::from_secs_f64` panics on negative or huge values.
+fn seconds(flag: &str, value: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} must be a positive number of seconds, not {value}"))
+}
+
 #[derive(Debug, Serialize)]
 struct MinerStatus {
     addr: SocketAddr,
@@ -75,8 +83,8 @@ struct MinerStatus {
 }
 
 async fn status(args: MinerStatusArgs) -> Result<()> {
-    let miners = parse_miners(&args.miners)?;
-    let timeout = Duration::from_secs_f64(args.timeout_s);
+    let miners = parse_miners(&args.target.miners)?;
+    let timeout = seconds("--timeout-s", args.target.timeout_s)?;
     let opts = FleetOptions::default();
     let mut rows: Vec<MinerStatus> = stream::iter(miners.iter().copied())
         .map(|addr| {
@@ -107,7 +115,7 @@ async fn status(args: MinerStatusArgs) -> Result<()> {
                 }
             }
         })
-        .buffer_unordered(args.parallelism.max(1))
+        .buffer_unordered(args.target.parallelism.max(1))
         .collect()
         .await;
     rows.sort_by_key(|r| r.addr);
@@ -156,13 +164,13 @@ struct OpRow {
 }
 
 async fn operate(args: MinerOpArgs, op: Op) -> Result<()> {
-    let miners = parse_miners(&args.miners)?;
+    let miners = parse_miners(&args.target.miners)?;
     let opts = FleetOptions {
-        parallelism: args.parallelism,
-        timeout: Duration::from_secs_f64(args.timeout_s),
-        confirm_within: Duration::from_secs_f64(args.confirm_within_s),
+        parallelism: args.target.parallelism,
+        timeout: seconds("--timeout-s", args.target.timeout_s)?,
+        confirm_within: seconds("--confirm-within-s", args.confirm_within_s)?,
         wave_size: args.wave_size,
-        wave_gap: Duration::from_secs_f64(args.wave_gap_s),
+        wave_gap: seconds("--wave-gap-s", args.wave_gap_s)?,
         ..FleetOptions::default()
     };
     let verb = match op {

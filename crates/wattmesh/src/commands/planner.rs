@@ -183,8 +183,12 @@ fn print_table(r: &Report, horizon: usize, step: usize) {
 fn prices(args: PricesArgs) -> Result<()> {
     let interval = IntervalLength::from_minutes(args.interval_minutes)
         .context("--interval-minutes must be 5 or 15")?;
-    if args.days == 0 {
-        bail!("--days must be at least 1");
+    if args.days == 0 || args.days > 36_600 {
+        bail!("--days must be between 1 and 36,600");
+    }
+    // 1970 to 2100: the series' timestamps are computed from it.
+    if !(0..=4_102_444_800).contains(&args.start_unix_s) {
+        bail!("--start-unix-s must be between 0 and 4102444800 (1970 to 2100)");
     }
     let intervals = args.days as usize * 24 * interval.per_hour();
     let series = SyntheticPrices::with_seed(args.seed)
