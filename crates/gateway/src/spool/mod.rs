@@ -310,15 +310,8 @@ impl Spool {
             if shared.durable_end.load(Ordering::Acquire) >= end {
                 return Ok(());
             }
-            match shared.state.load(Ordering::Acquire) {
-                RUNNING => {}
-                FAILED => {
-                    return Err(lock(&shared.pending)
-                        .refuse_if_stopped()
-                        .err()
-                        .unwrap_or(SpoolError::Closed));
-                }
-                _ => return Err(SpoolError::Closed),
+            if shared.state.load(Ordering::Acquire) != RUNNING {
+                return Err(lock(&shared.pending).stopped_error());
             }
             notified.await;
         }
@@ -466,13 +459,18 @@ impl Drop for Handle {
 
 impl Pending {
     fn refuse_if_stopped(&self) -> Result<(), SpoolError> {
-        if let Some(e) = &self.failure {
-            return Err(SpoolError::Write(e.clone()));
-        }
-        if self.closing {
-            return Err(SpoolError::Closed);
+        if self.failure.is_some() || self.closing {
+            return Err(self.stopped_error());
         }
         Ok(())
+    }
+
+    /// Why nothing more is taken: the write that failed, or the close.
+    fn stopped_error(&self) -> SpoolError {
+        match &self.failure {
+            Some(e) => SpoolError::Write(e.clone()),
+            None => SpoolError::Closed,
+        }
     }
 
     /// Wakes the writer if it is waiting: one futex call per group, not per append.
