@@ -344,13 +344,15 @@ async fn customers_see_their_own_usage_and_costs_and_nobody_else_s() {
             created["secret"].as_str().unwrap().to_owned(),
         ));
     }
-    let t0 = now_ms();
+    // The price first: usage is rated at the price in force when it happened, so events
+    // stamped before the price's creation (a slow machine) would be free.
     h.admin(
         Method::POST,
         "/api/v1/prices",
         Some(r#"{"model":"smol","input_per_1m":"1","output_per_1m":"1"}"#),
     )
     .await;
+    let t0 = now_ms();
     ingest(
         &h,
         &[
