@@ -502,7 +502,7 @@ async fn dedicated_deployments_are_priced_by_the_hour_and_their_tokens_are_free_
     )
     .await;
     // The gateway config tells gateways whose replicas are whose.
-    let t = now_ms() + 5;
+    let t = now_ms();
     let mut own = event("d1", "acme", "k", t, 1000, 1000);
     own["deployment"] = json!("acme-smol");
     let mut shared = event("d2", "acme", "k", t, 1000, 1000);
