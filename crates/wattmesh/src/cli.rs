@@ -223,6 +223,10 @@ pub struct UpArgs {
     /// Seconds without a heartbeat before a site is marked not ready.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_timeout_s: u64,
+    /// Simulated miners per site (Antminer S21, each on its own port), with a simulated site
+    /// meter; 0 for none.
+    #[arg(long, default_value_t = 100)]
+    pub miners_per_site: u32,
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,9 @@ const NODE_MEMORY_BYTES: u64 = 4 << 30;
 const GATEWAY_NAME: &str = "local";
 const GATEWAY_TOKEN_FILE: &str = "gateway-token";
 const GATEWAY_SPOOL_DIR: &str = "gateway-spool";
+/// The simulated miners `up` gives each site, and the meter's PUE over their draw.
+const SIM_MINER_MODEL: &str = "Antminer S21";
+const SIM_PUE: f64 = 1.05;
 /// Where gateways before the segment-log spool kept it.
 const OLD_GATEWAY_SPOOL_FILE: &str = "gateway-spool.db";
 /// List prices per million prompt and completion tokens set on first start, so the demo's
@@ -114,11 +117,45 @@ pub async fn up(args: UpArgs) -> Result<()> {
         );
     }
 
+    let mut miner_lines = Vec::new();
+    if args.miners_per_site > 0 {
+        for (site, _, _) in DEMO_SITES {
+            let meter = bind("127.0.0.1:0".parse()?, "the simulated meter").await?;
+            let sim = crate::commands::miners::SiteSim::start(
+                SIM_MINER_MODEL,
+                args.miners_per_site,
+                crate::commands::miners::SimOptions::default(),
+                meter,
+                SIM_PUE,
+            )
+            .await?;
+            // The miners' addresses, for `wattmesh miners ... --miners @FILE`.
+            let list = args.data_dir.join(format!("miners-{site}.txt"));
+            let lines: Vec<String> = sim.miners().iter().map(ToString::to_string).collect();
+            std::fs::write(&list, lines.join("\n") + "\n")
+                .with_context(|| format!("cannot write {}", list.display()))?;
+            miner_lines.push(format!(
+                "  miners       {site}: {}, meter {} (wattmesh miners status --miners @{})",
+                sim.describe(),
+                sim.meter_addr(),
+                list.display()
+            ));
+            let shutdown = services.shutdown.child_token();
+            services.spawn("miners", async move {
+                sim.run(shutdown.cancelled()).await;
+                Ok::<(), std::convert::Infallible>(())
+            });
+        }
+    }
+
     println!("wattmesh is up");
     println!("  gateway      {gateway_url}/v1");
     println!("  control API  {control_url}/api/v1   (OpenAPI: {control_url}/api/openapi.json)");
     println!("  metrics      {metrics_url}   (gateway, Prometheus)");
     println!("  data         {}", args.data_dir.display());
+    for line in &miner_lines {
+        println!("{line}");
+    }
     match &demo_key {
         DemoKey::New(secret) => {
             println!("  demo API key (tenant {DEMO_TENANT}; shown once, stored hashed):");

@@ -12,7 +12,8 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use wattmesh_miner::fleet::{self, FleetOptions, FleetReport};
 use wattmesh_miner::meter::{SimMeter, SiteLoad};
-use wattmesh_miner::sim::{SimFleet, SimOptions, UnitSpec};
+pub use wattmesh_miner::sim::SimOptions;
+use wattmesh_miner::sim::{SimFleet, UnitSpec};
 use wattmesh_miner::{MinerClient, fleet::telemetry};
 
 use crate::cli::{MinerOpArgs, MinerSimArgs, MinerStatusArgs, MinersCommand};
@@ -30,10 +31,23 @@ pub async fn run(cmd: MinersCommand) -> Result<()> {
 }
 
 /// Reads `--miners` values: `IP:PORT`, or `IP:FIRST-LAST` for a run of ports; several
-/// separated by commas.
+/// separated by commas; `@FILE` for the same, one or more per line (`wattmesh up` writes one
+/// per site).
 pub fn parse_miners(values: &[String]) -> Result<Vec<SocketAddr>> {
+    let mut expanded = Vec::new();
+    for value in values {
+        match value.strip_prefix('@') {
+            Some(path) => expanded.extend(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the miner list {path}"))?
+                    .lines()
+                    .map(str::to_owned),
+            ),
+            None => expanded.push(value.clone()),
+        }
+    }
     let mut out = Vec::new();
-    for part in values.iter().flat_map(|v| v.split(',')).map(str::trim) {
+    for part in expanded.iter().flat_map(|v| v.split(',')).map(str::trim) {
         if part.is_empty() {
             continue;
         }
@@ -223,63 +237,107 @@ fn rows(report: &FleetReport) -> Vec<OpRow> {
         .collect()
 }
 
+/// Simulated miners and a simulated site meter that reads their draw times the PUE: what
+/// `wattmesh miners sim` runs, and `wattmesh up` runs for each of its sites.
+pub struct SiteSim {
+    fleet: SimFleet,
+    meter: SimMeter,
+    load: SiteLoad,
+    pue: f64,
+}
+
+impl SiteSim {
+    /// Starts `units` × `model` (each on its own port) and a meter on `meter`.
+    pub async fn start(
+        model: &str,
+        units: u32,
+        options: SimOptions,
+        meter: tokio::net::TcpListener,
+        pue: f64,
+    ) -> Result<SiteSim> {
+        let model = wattmesh_domain::mining::asic_model(model).with_context(|| {
+            let known: Vec<&str> = wattmesh_domain::mining::ASIC_MODELS
+                .iter()
+                .map(|m| m.name)
+                .collect();
+            format!("unknown model {model:?}; known: {}", known.join(", "))
+        })?;
+        if units == 0 {
+            bail!("at least one miner is needed");
+        }
+        if !(pue >= 1.0 && pue.is_finite()) {
+            bail!("the PUE must be at least 1");
+        }
+        let fleet = SimFleet::start_with(vec![UnitSpec::new(*model); units as usize], options)
+            .await
+            .context("starting the simulated miners")?;
+        let load = SiteLoad::new(fleet.total_watts() / 1e3 * pue);
+        let meter = SimMeter::start(meter, load.clone()).context("starting the simulated meter")?;
+        Ok(SiteSim {
+            fleet,
+            meter,
+            load,
+            pue,
+        })
+    }
+
+    pub fn miners(&self) -> &[SocketAddr] {
+        self.fleet.addrs()
+    }
+
+    pub fn meter_addr(&self) -> SocketAddr {
+        self.meter.local_addr()
+    }
+
+    /// A line describing the miners: `N × MODEL on IP:FIRST-LAST` when their ports run on.
+    pub fn describe(&self) -> String {
+        let model = self.fleet.unit(0).map(|u| u.model).unwrap_or("miners");
+        let addrs = self.fleet.addrs();
+        let ports = || addrs.iter().map(SocketAddr::port);
+        let (Some(first), Some(low), Some(high)) = (addrs.first(), ports().min(), ports().max())
+        else {
+            return format!("{} × {model}", addrs.len());
+        };
+        let one_ip = addrs.iter().all(|a| a.ip() == first.ip());
+        if one_ip && usize::from(high - low) + 1 == addrs.len() {
+            format!("{} × {model} on {}:{low}-{high}", addrs.len(), first.ip())
+        } else {
+            format!("{} × {model}", addrs.len())
+        }
+    }
+
+    /// Keeps the meter on the miners' draw until `shutdown`, then stops both.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.load.set_kw(self.fleet.total_watts() / 1e3 * self.pue),
+                () = &mut shutdown => break,
+            }
+        }
+        self.meter.shutdown().await;
+        self.fleet.shutdown().await;
+    }
+}
+
 async fn sim(args: MinerSimArgs) -> Result<()> {
-    let model = wattmesh_domain::mining::asic_model(&args.model).with_context(|| {
-        let known: Vec<&str> = wattmesh_domain::mining::ASIC_MODELS
-            .iter()
-            .map(|m| m.name)
-            .collect();
-        format!(
-            "unknown model {:?}; known: {}",
-            args.model,
-            known.join(", ")
-        )
-    })?;
-    if args.units == 0 {
-        bail!("--units must be at least 1");
-    }
-    if !(args.pue >= 1.0 && args.pue.is_finite()) {
-        bail!("--pue must be at least 1");
-    }
-    let units = vec![UnitSpec::new(*model); args.units as usize];
-    let fleet = SimFleet::start_with(
-        units,
-        SimOptions {
-            ip: args.ip,
-            base_port: Some(args.base_port),
-            speed: 1.0,
-        },
-    )
-    .await
-    .context("starting the simulated miners")?;
-    let load = SiteLoad::new(fleet.total_watts() / 1e3 * args.pue);
     let listener = tokio::net::TcpListener::bind(args.meter_listen)
         .await
         .with_context(|| format!("--meter-listen {}", args.meter_listen))?;
-    let meter = SimMeter::start(listener, load.clone()).context("starting the simulated meter")?;
-    let first = fleet.addrs().first().copied();
-    let last = fleet.addrs().last().copied();
-    if let (Some(first), Some(last)) = (first, last) {
-        println!(
-            "{} × {} on {}:{}-{}",
-            fleet.len(),
-            model.name,
-            first.ip(),
-            first.port(),
-            last.port()
-        );
-    }
-    println!("meter {} (Modbus TCP, unit 1)", meter.local_addr());
+    let options = SimOptions {
+        ip: args.ip,
+        base_port: Some(args.base_port),
+        speed: 1.0,
+    };
+    let site = SiteSim::start(&args.model, args.units, options, listener, args.pue).await?;
+    println!("{}", site.describe());
+    println!("meter {} (Modbus TCP, unit 1)", site.meter_addr());
     println!("Ctrl-C to stop");
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => load.set_kw(fleet.total_watts() / 1e3 * args.pue),
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    meter.shutdown().await;
-    fleet.shutdown().await;
+    site.run(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
     Ok(())
 }
 
