@@ -77,11 +77,13 @@ impl FleetOptions {
         Ok(())
     }
 
-    pub(crate) fn is_asleep(&self, t: &Telemetry) -> bool {
+    /// Drawing no more than a sleeping miner and not hashing.
+    pub fn is_asleep(&self, t: &Telemetry) -> bool {
         t.watts <= self.asleep_max_w && t.ths_5s <= self.idle_max_ths
     }
 
-    fn is_hashing(&self, t: &Telemetry) -> bool {
+    /// Hashing more than an idle miner.
+    pub fn is_hashing(&self, t: &Telemetry) -> bool {
         t.ths_5s > self.idle_max_ths
     }
 }

@@ -43,15 +43,20 @@ fn backtest_prints_every_policy_and_the_optimum_bounds_them() {
         "two days of quarter hours"
     );
 
-    let out = wattmesh(&[
-        "planner",
-        "backtest",
-        "--prices",
-        prices.to_str().unwrap(),
-        "--site",
-        example_site().to_str().unwrap(),
-        "--json",
-    ]);
+    let site = example_site();
+    let backtest = |extra: &[&str]| {
+        let mut args = vec![
+            "planner",
+            "backtest",
+            "--prices",
+            prices.to_str().unwrap(),
+            "--site",
+            site.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        wattmesh(&args)
+    };
+    let out = backtest(&["--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -76,14 +81,7 @@ fn backtest_prints_every_policy_and_the_optimum_bounds_them() {
     assert!(report["planner"]["energy_mwh"].as_f64().unwrap() > 0.0);
 
     // The table names every policy.
-    let out = wattmesh(&[
-        "planner",
-        "backtest",
-        "--prices",
-        prices.to_str().unwrap(),
-        "--site",
-        example_site().to_str().unwrap(),
-    ]);
+    let out = backtest(&[]);
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     for row in [

@@ -18,9 +18,6 @@ use wattmesh_miner::{MinerClient, fleet::telemetry};
 
 use crate::cli::{MinerOpArgs, MinerSimArgs, MinerStatusArgs, MinersCommand};
 
-/// Most addresses one `--miners` range may name.
-const MAX_RANGE: u32 = 100_000;
-
 pub async fn run(cmd: MinersCommand) -> Result<()> {
     match cmd {
         MinersCommand::Status(args) => status(args).await,
@@ -68,7 +65,7 @@ pub fn parse_miners(values: &[String]) -> Result<Vec<SocketAddr>> {
                 .with_context(|| format!("miner {part:?}: {p:?} is not a port"))
         };
         let (first, last) = (port(first)?, port(last)?);
-        if first > last || u32::from(last - first) >= MAX_RANGE {
+        if first > last {
             bail!("miner {part:?}: the port range runs backwards");
         }
         out.extend((first..=last).map(|p| SocketAddr::new(ip, p)));
@@ -99,34 +96,31 @@ struct MinerStatus {
 async fn status(args: MinerStatusArgs) -> Result<()> {
     let miners = parse_miners(&args.target.miners)?;
     let timeout = seconds("--timeout-s", args.target.timeout_s)?;
-    let opts = FleetOptions::default();
+    let opts = &FleetOptions::default();
     let mut rows: Vec<MinerStatus> = stream::iter(miners.iter().copied())
-        .map(|addr| {
-            let opts = opts.clone();
-            async move {
-                let client = MinerClient::new(addr, timeout);
-                match telemetry(&client).await {
-                    Ok(t) => MinerStatus {
-                        addr,
-                        state: if t.watts <= opts.asleep_max_w && t.ths_5s <= opts.idle_max_ths {
-                            "asleep"
-                        } else if t.ths_5s <= opts.idle_max_ths {
-                            "not hashing"
-                        } else {
-                            "hashing"
-                        },
-                        watts: Some(t.watts),
-                        ths_5s: Some(t.ths_5s),
-                        error: None,
+        .map(|addr| async move {
+            let client = MinerClient::new(addr, timeout);
+            match telemetry(&client).await {
+                Ok(t) => MinerStatus {
+                    addr,
+                    state: if opts.is_asleep(&t) {
+                        "asleep"
+                    } else if opts.is_hashing(&t) {
+                        "hashing"
+                    } else {
+                        "not hashing"
                     },
-                    Err(e) => MinerStatus {
-                        addr,
-                        state: "unreachable",
-                        watts: None,
-                        ths_5s: None,
-                        error: Some(e.to_string()),
-                    },
-                }
+                    watts: Some(t.watts),
+                    ths_5s: Some(t.ths_5s),
+                    error: None,
+                },
+                Err(e) => MinerStatus {
+                    addr,
+                    state: "unreachable",
+                    watts: None,
+                    ths_5s: None,
+                    error: Some(e.to_string()),
+                },
             }
         })
         .buffer_unordered(args.target.parallelism.max(1))
