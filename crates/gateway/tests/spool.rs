@@ -693,6 +693,13 @@ mod shipper {
             run.spool.depth() == 0
         })
         .await;
+        // The shipper counts a batch once its ack has returned, a moment after the spool shows
+        // it acked: stop it before reading its counters.
+        run.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, run.task)
+            .await
+            .unwrap()
+            .unwrap();
         {
             let ingest = ingest.lock().unwrap();
             assert_eq!(ingest.stored, all_ids(1200));
@@ -707,12 +714,6 @@ mod shipper {
         );
         assert!(run.stats.last_error_at_ms().is_some());
         assert!(run.spool.oldest(1).await.unwrap().is_empty());
-
-        run.shutdown.cancel();
-        tokio::time::timeout(DEADLINE, run.task)
-            .await
-            .unwrap()
-            .unwrap();
     }
 
     /// Lost answers make the shipper send batches again: duplicates arrive, but every event
@@ -736,6 +737,12 @@ mod shipper {
             run.spool.depth() == 0 && ingest.lock().unwrap().stored.len() == 1000
         })
         .await;
+        // Stopped before its counters are read (see above).
+        run.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, run.task)
+            .await
+            .unwrap()
+            .unwrap();
         {
             let ingest = ingest.lock().unwrap();
             assert_eq!(ingest.stored, all_ids(1000), "none lost");
@@ -746,11 +753,6 @@ mod shipper {
             let replays = ingest.received.len() as u64 - 1000;
             assert!((1..=replays).contains(&run.stats.duplicates()));
         }
-        run.shutdown.cancel();
-        tokio::time::timeout(DEADLINE, run.task)
-            .await
-            .unwrap()
-            .unwrap();
     }
 
     /// A batch the control plane refuses is not dropped: it stays spooled and is retried, and
