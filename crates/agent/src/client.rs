@@ -1,5 +1,5 @@
-//! The agent's side of the agent protocol: register, heartbeat, and long-poll the desired
-//! state, over HTTP with a bearer token.
+//! The agent's side of the agent protocol: register, heartbeat, long-poll the desired state,
+//! and report a demand-response event's acknowledgements, over HTTP with a bearer token.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use wattmesh_proto::agent::{
     DesiredState, Heartbeat, HeartbeatAck, RegisterRequest, RegisterResponse,
 };
 use wattmesh_proto::api::ApiError;
+use wattmesh_proto::energy::DrAcks;
 
 /// How an agent call can fail, as far as the agent's behaviour differs.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,10 @@ pub enum CallError {
     /// The token was refused: register again (or, for the bootstrap token, give up).
     #[error("the control plane refused the token: {0}")]
     Unauthorized(String),
+    /// The thing named in the path is unknown to the control plane (or not this site's), e.g.
+    /// the DR event of [`ControlClient::dr_acks`]: retrying will not help.
+    #[error("the control plane does not know it: {0}")]
+    NotFound(String),
     /// Anything else: the control plane is away or unhappy; keep going and retry.
     #[error("{0}")]
     Failed(String),
@@ -73,15 +78,44 @@ impl ControlClient {
         self.call(r, Duration::from_secs(wait_s + 10)).await
     }
 
+    /// Tells the control plane how the site's miners answered DR event `event_id`. `Ok` on
+    /// its 204; [`CallError::NotFound`] when the event is unknown or not this site's.
+    pub async fn dr_acks(
+        &self,
+        token: &str,
+        event_id: &str,
+        acks: &DrAcks,
+    ) -> Result<(), CallError> {
+        let mut url = reqwest::Url::parse(&self.url("/dr-events"))
+            .map_err(|e| CallError::Failed(format!("the control plane's URL: {e}")))?;
+        // The id goes in as one path segment, escaped: an id is data, never a path.
+        url.path_segments_mut()
+            .map_err(|()| CallError::Failed("the control plane's URL cannot take a path".into()))?
+            .extend([event_id, "acks"]);
+        let r = self.http.post(url).bearer_auth(token).json(acks);
+        self.send(r, Duration::from_secs(10)).await.map(drop)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1/agent{path}", self.base)
     }
 
+    /// Sends `req` and decodes its JSON answer.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, CallError> {
+        let resp = self.send(req, timeout).await?;
+        resp.json().await.map_err(|e| CallError::Failed(chain(&e)))
+    }
+
+    /// Sends `req`; any 2xx is the response, anything else a [`CallError`].
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, CallError> {
         let resp = req
             .timeout(timeout)
             .send()
@@ -89,7 +123,7 @@ impl ControlClient {
             .map_err(|e| CallError::Failed(chain(&e)))?;
         let status = resp.status();
         if status.is_success() {
-            return resp.json().await.map_err(|e| CallError::Failed(chain(&e)));
+            return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
         // The control plane's errors are `{"error":{"code","message"}}`; say its message.
@@ -98,6 +132,9 @@ impl ControlClient {
             .unwrap_or(body);
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(CallError::Unauthorized(message));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(CallError::NotFound(message));
         }
         Err(CallError::Failed(format!("{status}: {message}")))
     }

@@ -1,19 +1,25 @@
-//! The site agent: joins the fleet, reports what its site runs, and runs what the control plane
-//! wants there — and keeps running it when the control plane is unreachable.
+//! The site agent: joins the fleet, reports what its site runs and draws, and runs what the
+//! control plane wants there — replicas, and demand-response curtailment of its miners — and
+//! keeps running it when the control plane is unreachable.
 //!
 //! Layout:
 //! - [`catalog`] and [`fetch`]: which models exist and getting their files, sha256-checked.
 //! - `client`: the agent protocol over HTTP.
-//! - `state`: the token and last desired state kept on disk.
+//! - `state`: the token, the last desired state and the DR event being shed, kept on disk.
 //! - `replicas`: the converger, the one task that owns the replicas.
 //! - [`runtime`]: how one replica is started (embedded candle engine today; a
 //!   [`ReplicaLauncher`] of your own in tests).
-//! - here: [`run`], the session with the control plane (register, heartbeat, watch).
+//! - `power`: the site's meter and miners ([`PowerConfig`]): the sampler, whose newest
+//!   sample every heartbeat carries, and the DR executor, the one task that owns the miners'
+//!   curtailment.
+//! - here: [`run`], the session with the control plane (register, heartbeat, watch), and the
+//!   wiring of the tasks above.
 //!
 //! **Architecture invariant (static stability):** the last desired state is kept on disk and
-//! in memory; losing the control plane never stops a replica.
+//! in memory; losing the control plane never stops a replica, nor a DR event already known.
 
 mod client;
+mod power;
 mod replicas;
 mod state;
 
@@ -30,12 +36,17 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wattmesh_proto::agent::{DesiredState, Heartbeat, NodeReport, RegisterRequest};
+use wattmesh_proto::energy::PowerSample;
 
 pub use catalog::{Catalog, CatalogError, CatalogFile, CatalogModel, Source};
 pub use fetch::{FetchError, PullProgress, Quiet, pull};
+pub use power::PowerConfig;
 pub use runtime::{LaunchError, Launched, ReplicaLauncher, Runtime, Serving};
+pub use wattmesh_miner::fleet::FleetOptions;
 
 use client::{CallError, ControlClient};
+use power::dr::{self, DrExecutor};
+use power::sample::Sampler;
 use replicas::{Converger, Observed, SiteRuntime};
 use state::{SavedToken, StateDir};
 
@@ -57,6 +68,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub heartbeat_interval: Duration,
     pub catalog: Catalog,
+    /// The site's miners and meter; `None` for a site without them: heartbeats carry no power
+    /// sample and DR directives are only logged.
+    pub power: Option<PowerConfig>,
 }
 
 /// Why an agent stopped other than by being asked to.
@@ -72,6 +86,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("site {site}: {message}")]
+    BadPowerConfig { site: String, message: String },
 }
 
 /// Longest wait of one desired-state long-poll.
@@ -92,6 +108,14 @@ pub async fn run_with<L: ReplicaLauncher>(
     launcher: L,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    if let Some(power) = &config.power {
+        check_power(power)
+            .await
+            .map_err(|message| AgentError::BadPowerConfig {
+                site: config.site.clone(),
+                message,
+            })?;
+    }
     let state = StateDir::open(&config.state_dir).map_err(|source| AgentError::StateDir {
         path: config.state_dir.clone(),
         source,
@@ -100,6 +124,7 @@ pub async fn run_with<L: ReplicaLauncher>(
     let last = state.load_desired().unwrap_or(DesiredState {
         version: 0,
         replicas: Vec::new(),
+        dr: None,
     });
     if !last.replicas.is_empty() {
         tracing::info!(site = %config.site, version = last.version, "resuming the last desired state");
@@ -107,29 +132,76 @@ pub async fn run_with<L: ReplicaLauncher>(
     let (desired_tx, desired_rx) = watch::channel(last);
     let (observed_tx, observed_rx) = watch::channel(Observed::default());
 
+    let (token_tx, token_rx) = watch::channel(None);
+    let client = ControlClient::new(&config.control_url);
+
     let tasks = TaskTracker::new();
-    let replicas = shutdown.child_token();
+    // The background tasks' root: cancelled on shutdown, and when the session fails.
+    let background = shutdown.child_token();
+    let power = match &config.power {
+        Some(power) => {
+            let (samples_tx, samples_rx) = watch::channel(None);
+            let sampler = Sampler::new(&config.site, power);
+            tasks.spawn(sampler.run(samples_tx, background.clone()));
+            let executor = DrExecutor::new(
+                &config.site,
+                power,
+                client.clone(),
+                token_rx,
+                state.clone(),
+                background.clone(),
+            );
+            tasks.spawn(executor.run(desired_tx.subscribe()));
+            Some(samples_rx)
+        }
+        None => {
+            let site = config.site.clone();
+            tasks.spawn(dr::log_only(
+                site,
+                desired_tx.subscribe(),
+                background.clone(),
+            ));
+            None
+        }
+    };
     let site = Arc::new(SiteRuntime {
         site: config.site.clone(),
         catalog: config.catalog.clone(),
         models_dir: config.models_dir.clone(),
         launcher,
     });
-    tasks.spawn(Converger::new(site, observed_tx, replicas.clone()).run(desired_rx));
+    tasks.spawn(Converger::new(site, observed_tx, background.clone()).run(desired_rx));
     tasks.close();
 
     let session = Session {
-        client: ControlClient::new(&config.control_url),
+        client,
         config,
         state,
         desired: desired_tx,
         observed: observed_rx,
+        power,
+        token: token_tx,
     };
     let result = session.run(&shutdown).await;
-    // A fatal session error stops the replicas too: the caller is told and exits.
-    replicas.cancel();
+    // A fatal session error stops the replicas (and the power tasks) too: the caller is told
+    // and exits.
+    background.cancel();
     tasks.wait().await;
     result
+}
+
+/// Refuses a power configuration no fleet operation would accept, before anything starts:
+/// found out at the start of a DR event, it would leave the event unshed.
+async fn check_power(power: &PowerConfig) -> Result<(), String> {
+    if power.sample_every.is_zero() {
+        return Err("the power sampling interval must be longer than zero".into());
+    }
+    // The miner crate owns what valid options are; an operation on no miners checks them
+    // and does nothing else.
+    wattmesh_miner::fleet::sleep(&[], &power.fleet)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// The agent's conversation with the control plane.
@@ -139,6 +211,10 @@ struct Session {
     state: StateDir,
     desired: watch::Sender<DesiredState>,
     observed: watch::Receiver<Observed>,
+    /// The sampler's newest sample, when the site has a meter or miners.
+    power: Option<watch::Receiver<Option<PowerSample>>>,
+    /// The agent token in use, for the DR executor's calls; `None` while there is none.
+    token: watch::Sender<Option<String>>,
 }
 
 impl Session {
@@ -165,10 +241,12 @@ impl Session {
             };
             let lost = shutdown.child_token();
             let refetch = Notify::new();
+            self.token.send_replace(Some(current.clone()));
             tokio::join!(
                 self.heartbeats(&current, &lost, &refetch),
                 self.watch(&current, &lost, &refetch),
             );
+            self.token.send_replace(None);
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -227,7 +305,7 @@ impl Session {
                         message,
                     });
                 }
-                Err(CallError::Failed(e)) => {
+                Err(e @ (CallError::Failed(_) | CallError::NotFound(_))) => {
                     tracing::warn!(site = %site, "cannot register yet (retrying in {backoff:?}): {e}");
                 }
             }
@@ -252,6 +330,8 @@ impl Session {
                     nodes: vec![self.node()],
                     replicas: now.replicas.clone(),
                     desired_version: now.converged_version,
+                    // The newest sample; a repeated one is ignored by the control plane.
+                    power: self.power.as_ref().and_then(|p| p.borrow().clone()),
                 }
             };
             let result = tokio::select! {
@@ -269,7 +349,7 @@ impl Session {
                     }
                 }
                 Err(CallError::Unauthorized(_)) => return lost.cancel(),
-                Err(CallError::Failed(e)) => {
+                Err(e @ (CallError::Failed(_) | CallError::NotFound(_))) => {
                     if reachable {
                         tracing::warn!(site = %site, "heartbeat failed; serving the last desired state meanwhile: {e}");
                         reachable = false;
@@ -305,7 +385,7 @@ impl Session {
                 Ok(state) => {
                     backoff = FIRST_BACKOFF;
                     if state != *self.desired.borrow() {
-                        tracing::info!(site = %site, version = state.version, replicas = state.replicas.len(), "new desired state");
+                        tracing::info!(site = %site, version = state.version, replicas = state.replicas.len(), dr = ?state.dr.as_ref().map(|d| &d.event_id), "new desired state");
                         if let Err(e) = self.state.save_desired(&state) {
                             tracing::warn!(site = %site, "cannot save the desired state: {e}");
                         }
@@ -314,7 +394,7 @@ impl Session {
                     continue;
                 }
                 Err(CallError::Unauthorized(_)) => return lost.cancel(),
-                Err(CallError::Failed(e)) => {
+                Err(e @ (CallError::Failed(_) | CallError::NotFound(_))) => {
                     tracing::debug!(site = %site, "desired-state watch failed: {e}");
                 }
             }

@@ -1,7 +1,8 @@
 //! What the agent keeps in its state directory so that a restarted agent does not depend on
 //! the control plane: the last desired state (static stability: it serves that state at once)
 //! and its agent token (so it resumes its session instead of registering, which would rotate
-//! the token). Files are written to a temporary name and renamed, so a crash never leaves half
+//! the token), and the demand-response event whose miners it put to sleep and has not woken
+//! yet (so an agent that was down when that event ended or was cancelled wakes them). Files are written to a temporary name and renamed, so a crash never leaves half
 //! a file; the token file is readable by its owner only.
 
 use std::io::Write;
@@ -12,6 +13,13 @@ use wattmesh_proto::agent::{DesiredState, RegisterRequest};
 
 const DESIRED_FILE: &str = "desired.json";
 const TOKEN_FILE: &str = "agent-token.json";
+const SHEDDING_FILE: &str = "dr-shedding.json";
+
+/// The DR event the agent put the site's miners to sleep for and has not woken them from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shedding {
+    pub event_id: String,
+}
 
 /// The agent's token and what it was registered with: a token is reused only by an agent
 /// registering the same way with the same control plane.
@@ -56,7 +64,24 @@ impl StateDir {
 
     /// Forgets a token the control plane refused.
     pub fn forget_token(&self) -> std::io::Result<()> {
-        match std::fs::remove_file(self.dir.join(TOKEN_FILE)) {
+        self.remove(TOKEN_FILE)
+    }
+
+    pub fn load_shedding(&self) -> Option<Shedding> {
+        self.load(SHEDDING_FILE)
+    }
+
+    pub fn save_shedding(&self, shedding: &Shedding) -> std::io::Result<()> {
+        self.save(SHEDDING_FILE, shedding, false)
+    }
+
+    /// The miners are awake again (or were never put to sleep).
+    pub fn forget_shedding(&self) -> std::io::Result<()> {
+        self.remove(SHEDDING_FILE)
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -138,10 +163,32 @@ mod tests {
         let state = DesiredState {
             version: 3,
             replicas: Vec::new(),
+            dr: Some(wattmesh_proto::energy::DrDirective {
+                event_id: "dr-1".into(),
+                target_kw: 100.0,
+                starts_at_ms: 1,
+                ends_at_ms: 2,
+                shed_inference: false,
+            }),
         };
         dir.save_desired(&state).unwrap();
         assert_eq!(dir.load_desired(), Some(state));
         std::fs::write(tmp.path().join(DESIRED_FILE), "{").unwrap();
         assert_eq!(dir.load_desired(), None);
+    }
+
+    #[test]
+    fn the_shedding_marker_round_trips_and_is_forgotten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        assert_eq!(dir.load_shedding(), None);
+        let shedding = Shedding {
+            event_id: "dr-1".into(),
+        };
+        dir.save_shedding(&shedding).unwrap();
+        assert_eq!(dir.load_shedding(), Some(shedding));
+        dir.forget_shedding().unwrap();
+        dir.forget_shedding().unwrap();
+        assert_eq!(dir.load_shedding(), None);
     }
 }

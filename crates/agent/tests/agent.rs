@@ -303,6 +303,7 @@ impl Site {
             state_dir: self.state_dir.clone(),
             heartbeat_interval: Duration::from_millis(50),
             catalog: self.catalog.clone(),
+            power: None,
         }
     }
 }
@@ -341,7 +342,11 @@ fn assignment(id: &str, artifact: &str) -> ReplicaAssignment {
 }
 
 fn desired(version: u64, replicas: Vec<ReplicaAssignment>) -> DesiredState {
-    DesiredState { version, replicas }
+    DesiredState {
+        version,
+        replicas,
+        dr: None,
+    }
 }
 
 /// Polls `check` until it gives a value, or panics after [`DEADLINE`] naming `what`.

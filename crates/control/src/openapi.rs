@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use wattmesh_proto::{agent, api, billing, gateway, usage};
+use wattmesh_proto::{agent, api, billing, energy, gateway, usage};
 
 use crate::routes;
 
@@ -31,7 +31,9 @@ use crate::routes;
         routes::set_price, routes::list_prices, routes::usage_report,
         routes::set_dedicated_price, routes::list_dedicated_prices,
         routes::list_invoices, routes::get_invoice,
-        routes::register, routes::heartbeat, routes::desired,
+        routes::create_dr_event, routes::list_dr_events, routes::get_dr_event,
+        routes::cancel_dr_event,
+        routes::register, routes::heartbeat, routes::desired, routes::dr_acks,
         routes::gateway_config, routes::lease, routes::ingest_usage,
     ),
     components(schemas(
@@ -48,6 +50,9 @@ use crate::routes;
         usage::LeaseRequest, usage::LeaseGrant,
         agent::RegisterRequest, agent::RegisterResponse, agent::NodeReport, agent::Heartbeat,
         agent::ReplicaReport, agent::HeartbeatAck, agent::DesiredState, agent::ReplicaAssignment,
+        energy::PowerSample, energy::MinerCounts, energy::DrEventSpec, energy::DrStatus,
+        energy::DrEvent, energy::DrEventReport, energy::DrOutcome, energy::DrDirective,
+        energy::DrAcks, energy::MinerAck,
         gateway::GatewayConfig, gateway::GatewayKey, gateway::GatewayTenant,
         gateway::GatewayPrice, gateway::ModelRoute, gateway::RouteReplica,
     )),

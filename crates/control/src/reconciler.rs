@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use wattmesh_proto::agent::{DesiredState, ReplicaAssignment, ReplicaReport};
+use wattmesh_proto::energy::DrDirective;
 use wattmesh_proto::gateway::GatewayConfig;
 use wattmesh_store::{NewReplica, Store, StoreError};
 
@@ -43,6 +44,7 @@ impl Published {
         self.desired.get(site).cloned().unwrap_or(DesiredState {
             version: 0,
             replicas: Vec::new(),
+            dr: None,
         })
     }
 }
@@ -51,7 +53,7 @@ impl Published {
 #[derive(Debug, Default)]
 struct StepState {
     versions: BTreeMap<String, u64>,
-    last_sites: BTreeMap<String, Vec<ReplicaAssignment>>,
+    last_sites: BTreeMap<String, (Vec<ReplicaAssignment>, Option<DrDirective>)>,
     last_gateway: Option<GatewayConfig>,
 }
 
@@ -163,6 +165,10 @@ impl Reconciler {
 
         let sites = store.list_sites().await?;
         let by_site = views::assignments(&sites, &replicas);
+        // Events start and end with time: the tick republishes.
+        let now_ms = crate::clock::now_ms();
+        let open_events = store.open_dr_events(now_ms).await?;
+        let mut directives = views::dr_directives(&open_events);
         let gateway = views::gateway_config(&views::GatewayInputs {
             keys: &store.list_api_keys().await?,
             tenants: &store.list_tenants().await?,
@@ -171,13 +177,14 @@ impl Reconciler {
             deployments: &deployments,
             replicas: &replicas,
             ready_sites: &ready,
+            shedding_sites: &views::shedding_sites(&open_events, now_ms),
             replica_tokens: &self
                 .replica_tokens
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
             // Keys expire and prices come into force with time: the tick republishes.
-            now_ms: crate::clock::now_ms(),
+            now_ms,
         });
 
         let mut next = Published {
@@ -187,17 +194,20 @@ impl Reconciler {
         let mut changed = self.published.borrow().unschedulable != next.unschedulable;
         for (site, assigned) in by_site {
             let scope = site_scope(&site);
-            if state.last_sites.get(&site) != Some(&assigned) {
+            let content = (assigned, directives.remove(&site));
+            if state.last_sites.get(&site) != Some(&content) {
                 self.bump(&mut state, &scope).await?;
-                state.last_sites.insert(site.clone(), assigned.clone());
+                state.last_sites.insert(site.clone(), content.clone());
                 changed = true;
             }
             let version = state.versions.get(&scope).copied().unwrap_or(0);
+            let (replicas, dr) = content;
             next.desired.insert(
                 site,
                 DesiredState {
                     version,
-                    replicas: assigned,
+                    replicas,
+                    dr,
                 },
             );
         }

@@ -8,23 +8,25 @@ use wattmesh_domain::pricing::{PriceVersion, TokenPrice, in_force};
 use wattmesh_proto::agent::ReplicaAssignment;
 use wattmesh_proto::api::{self, KeyStatus, Model, ReplicaState};
 use wattmesh_proto::billing::{CURRENCY, Price};
+use wattmesh_proto::energy::{DrDirective, DrEvent, DrStatus, PowerSample};
 use wattmesh_proto::gateway::{
     GatewayConfig, GatewayKey, GatewayPrice, GatewayTenant, ModelRoute, RouteReplica,
 };
 use wattmesh_store::{
-    ApiKeyRecord, DeploymentRecord, GatewayRecord, NodeRecord, ReplicaRecord, SiteRecord,
-    TenantRecord,
+    ApiKeyRecord, DeploymentRecord, DrEventRecord, GatewayRecord, NodeRecord, ReplicaRecord,
+    SiteRecord, TenantRecord,
 };
 
 use crate::clock::format_ms;
 
-pub(crate) fn site(r: &SiteRecord, ready: bool) -> api::Site {
+pub(crate) fn site(r: &SiteRecord, ready: bool, power: Option<PowerSample>) -> api::Site {
     api::Site {
         name: r.name.clone(),
         region: r.region.clone(),
         power_price_usd_per_mwh: r.power_price_usd_per_mwh,
         ready,
         last_heartbeat: r.last_heartbeat.clone(),
+        power,
     }
 }
 
@@ -179,6 +181,60 @@ pub(crate) fn assignments(
     out
 }
 
+/// A DR event as the operator sees it, its status as of `now_ms`.
+pub(crate) fn dr_event(r: &DrEventRecord, now_ms: i64) -> DrEvent {
+    let status = if r.cancelled_at_ms.is_some() {
+        DrStatus::Cancelled
+    } else if now_ms >= r.ends_at_ms {
+        DrStatus::Ended
+    } else if now_ms >= r.starts_at_ms {
+        DrStatus::Active
+    } else {
+        DrStatus::Scheduled
+    };
+    DrEvent {
+        id: r.id.clone(),
+        site: r.site.clone(),
+        target_kw: r.target_kw,
+        reduce_by_pct: r.reduce_by_pct,
+        baseline_kw: r.baseline_kw,
+        shed_inference: r.shed_inference,
+        starts_at: format_ms(r.starts_at_ms),
+        starts_at_ms: r.starts_at_ms,
+        ends_at: format_ms(r.ends_at_ms),
+        ends_at_ms: r.ends_at_ms,
+        note: r.note.clone(),
+        created_at: format_ms(r.created_at_ms),
+        created_by: r.created_by.clone(),
+        cancelled_at: r.cancelled_at_ms.map(format_ms),
+        status,
+    }
+}
+
+/// Each site's current or next DR event (`open` is by start time, none cancelled or over),
+/// as its agent is told it.
+pub(crate) fn dr_directives(open: &[DrEventRecord]) -> BTreeMap<String, DrDirective> {
+    let mut out = BTreeMap::new();
+    for e in open {
+        out.entry(e.site.clone()).or_insert_with(|| DrDirective {
+            event_id: e.id.clone(),
+            target_kw: e.target_kw,
+            starts_at_ms: e.starts_at_ms,
+            ends_at_ms: e.ends_at_ms,
+            shed_inference: e.shed_inference,
+        });
+    }
+    out
+}
+
+/// The sites shedding inference at `now_ms`: an event that asks for it is under way.
+pub(crate) fn shedding_sites(open: &[DrEventRecord], now_ms: i64) -> BTreeSet<String> {
+    open.iter()
+        .filter(|e| e.shed_inference && e.starts_at_ms <= now_ms && now_ms < e.effective_end_ms())
+        .map(|e| e.site.clone())
+        .collect()
+}
+
 /// What the gateway config is made of.
 pub(crate) struct GatewayInputs<'a> {
     pub keys: &'a [ApiKeyRecord],
@@ -188,6 +244,8 @@ pub(crate) struct GatewayInputs<'a> {
     pub deployments: &'a [DeploymentRecord],
     pub replicas: &'a [ReplicaRecord],
     pub ready_sites: &'a BTreeSet<String>,
+    /// Sites shedding inference for a DR event: their replicas are marked `shedding`.
+    pub shedding_sites: &'a BTreeSet<String>,
     /// Replicas' access tokens by (site, replica id).
     pub replica_tokens: &'a BTreeMap<(String, String), String>,
     pub now_ms: i64,
@@ -205,6 +263,7 @@ pub(crate) fn gateway_config(inputs: &GatewayInputs<'_>) -> GatewayConfig {
         deployments,
         replicas,
         ready_sites,
+        shedding_sites,
         replica_tokens,
         now_ms,
     } = *inputs;
@@ -256,6 +315,7 @@ pub(crate) fn gateway_config(inputs: &GatewayInputs<'_>) -> GatewayConfig {
                 endpoint: endpoint.clone(),
                 site: r.site.clone(),
                 region: r.region.clone(),
+                shedding: shedding_sites.contains(&r.site),
             });
     }
     let models = routes

@@ -111,6 +111,7 @@ async fn start_agent(
                 nodes: vec![node.clone()],
                 replicas: reports.lock().unwrap().clone(),
                 desired_version: 0,
+                power: None,
             };
             let _: serde_json::Value = api
                 .post(

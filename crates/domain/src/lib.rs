@@ -9,6 +9,7 @@
 //! - [`mining`]: ASIC models and their physics; hashprice, hashcost, break-even power price.
 //! - [`market`]: electricity price series (tariff, CSV, synthetic ERCOT-like traces) and the
 //!   Bitcoin market's hashprice per interval.
+//! - [`dr`]: demand-response events: targets, windows, what to shed, whether a target held.
 //! - [`planner`]: the linear program that splits a site's power among GPUs, ASICs and the grid,
 //!   its rolling horizon, and the baselines it is measured against.
 //!
@@ -16,6 +17,7 @@
 //! decision is a deterministic function of its inputs, so the control plane, the gateway and
 //! simulators run the same code and tests need no fixtures beyond plain values.
 
+pub mod dr;
 pub mod fleet;
 pub mod limits;
 pub mod market;

@@ -44,6 +44,14 @@ pub enum GatewayError {
     MethodNotAllowed,
     #[error("No replica of model `{0}` is available right now; retry shortly.")]
     NoReplica(String),
+    /// A batch request whose model is served only from sites shedding load for a grid
+    /// demand-response event: batch work waits until the event ends.
+    #[error(
+        "Every replica of model `{0}` is on a site shedding load for a grid demand-response \
+         event; batch and flex requests wait until it ends. Retry later, or send the request \
+         at default priority."
+    )]
+    Shedding(String),
     #[error("The gateway has not loaded its configuration yet; retry shortly.")]
     NotConfigured,
     /// Internals (addresses, OS errors) for the log only.
@@ -65,6 +73,7 @@ impl GatewayError {
             GatewayError::NotFound => ErrorKind::NotFound,
             GatewayError::MethodNotAllowed => ErrorKind::MethodNotAllowed,
             GatewayError::NoReplica(_)
+            | GatewayError::Shedding(_)
             | GatewayError::NotConfigured
             | GatewayError::CreditUnavailable(_)
             | GatewayError::Upstream(_) => ErrorKind::Unavailable,

@@ -15,7 +15,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::{Stream, StreamExt};
-use wattmesh_proto::gateway::{ModelRoute, PRIORITY_HEADER};
+use wattmesh_proto::gateway::{ModelRoute, PRIORITY_HEADER, RouteReplica};
 use wattmesh_proto::usage::Outcome;
 
 use crate::GatewayState;
@@ -38,6 +38,10 @@ const RELAYED_HEADERS: [header::HeaderName; 3] = [
     header::CACHE_CONTROL,
     header::RETRY_AFTER,
 ];
+
+/// The engine class of batch keys and `service_tier: flex`: work that can wait, so it waits
+/// out a site's demand-response event instead of moving.
+const DEFERRABLE_CLASS: &str = "low";
 
 /// The header a request's id travels on: to the replica, and back to the client.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -81,9 +85,12 @@ pub async fn forward(
                 outstanding: s.outstanding(),
                 healthy: s.healthy(),
                 access: Access::of(r.dedicated_to.as_deref(), &meter.event.tenant),
+                shedding: r.shedding,
             })
             .collect();
-        let Some(i) = pick(&candidates, &tried) else {
+        // Batch work waits out a site's demand-response event; interactive work moves.
+        let deferrable = out.priority == DEFERRABLE_CLASS;
+        let Some(i) = pick(&candidates, &tried, deferrable) else {
             break;
         };
         let replica = &route.replicas[i];
@@ -141,8 +148,12 @@ pub async fn forward(
         return relay(resp, in_flight, meter, &out).await;
     }
     meter.finish_detached(Outcome::Failed, 503, None, 0);
+    let held_back = |r: &RouteReplica| r.shedding && state.replicas.get(&r.id).healthy();
     Err(match last_error {
         Some(e) => GatewayError::Upstream(e),
+        None if out.priority == DEFERRABLE_CLASS && route.replicas.iter().any(held_back) => {
+            GatewayError::Shedding(route.model.clone())
+        }
         None => GatewayError::NoReplica(route.model.clone()),
     })
 }

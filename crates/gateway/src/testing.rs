@@ -64,6 +64,7 @@ pub fn replica(id: &str, endpoint: &str) -> RouteReplica {
         endpoint: endpoint.into(),
         site: "s1".into(),
         region: "r1".into(),
+        shedding: false,
     }
 }
 

@@ -277,22 +277,28 @@ impl<'a> Operation<'a> {
 
     async fn command(&mut self, indices: &[usize]) {
         let what = self.what;
-        let results: Vec<_> = stream::iter(indices.iter().map(|&i| {
-            let client = self.clients[i];
-            async move {
-                let mut acknowledged_at = None;
-                let result = with_session(&client, async |session| {
-                    client.curtail(session, what).await?;
-                    acknowledged_at = Some(Instant::now());
-                    Ok(())
-                })
-                .await;
-                (i, acknowledged_at, result)
-            }
-        }))
-        .buffer_unordered(self.opts.parallelism)
-        .collect()
-        .await;
+        // Each future is built before the stream (here and below): a closure in the stream's
+        // type makes the operation's future not provably `Send`, and callers spawn it.
+        let commands: Vec<_> = indices
+            .iter()
+            .map(|&i| {
+                let client = self.clients[i];
+                async move {
+                    let mut acknowledged_at = None;
+                    let result = with_session(&client, async |session| {
+                        client.curtail(session, what).await?;
+                        acknowledged_at = Some(Instant::now());
+                        Ok(())
+                    })
+                    .await;
+                    (i, acknowledged_at, result)
+                }
+            })
+            .collect();
+        let results: Vec<_> = stream::iter(commands)
+            .buffer_unordered(self.opts.parallelism)
+            .collect()
+            .await;
         for (i, acknowledged_at, result) in results {
             let report = &mut self.reports[i];
             report.acknowledged_at = acknowledged_at;
@@ -361,11 +367,15 @@ pub(crate) async fn poll_all(
     indices: &[usize],
     parallelism: usize,
 ) -> Vec<(usize, Result<Telemetry, MinerError>)> {
-    stream::iter(indices.iter().map(|&i| {
-        let client = clients[i];
-        async move { (i, telemetry(&client).await) }
-    }))
-    .buffer_unordered(parallelism)
-    .collect()
-    .await
+    let reads: Vec<_> = indices
+        .iter()
+        .map(|&i| {
+            let client = clients[i];
+            async move { (i, telemetry(&client).await) }
+        })
+        .collect();
+    stream::iter(reads)
+        .buffer_unordered(parallelism)
+        .collect()
+        .await
 }

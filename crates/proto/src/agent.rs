@@ -5,6 +5,8 @@
 //! 2. `POST /api/v1/agent/heartbeat` with the agent token, every few seconds: observed state.
 //! 3. `GET /api/v1/agent/desired?after=V&wait_s=S` with the agent token: long-polls until the
 //!    site's desired state has a version other than `V` (or `S` seconds pass), then returns it.
+//! 4. `POST /api/v1/agent/dr-events/{id}/acks` with the agent token: how the site's miners
+//!    answered a demand-response event (see `energy`).
 //!
 //! The agent keeps its last desired state when the control plane is unreachable (static
 //! stability) and converges its replicas to it.
@@ -15,6 +17,7 @@ use utoipa::ToSchema;
 use wattmesh_domain::ModelKind;
 
 use crate::api::ReplicaState;
+use crate::energy::{DrDirective, PowerSample};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +51,9 @@ pub struct Heartbeat {
     pub replicas: Vec<ReplicaReport>,
     /// The desired-state version the agent has converged to.
     pub desired_version: u64,
+    /// The site's meter and miners, when the agent drives any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerSample>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -77,6 +83,9 @@ pub struct HeartbeatAck {
 pub struct DesiredState {
     pub version: u64,
     pub replicas: Vec<ReplicaAssignment>,
+    /// The site's current or next demand-response event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dr: Option<DrDirective>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -38,6 +38,9 @@ pub struct Site {
     pub ready: bool,
     /// RFC 3339 time of the last heartbeat, if any.
     pub last_heartbeat: Option<String>,
+    /// The last power sample its agent reported: meter and miners.
+    #[serde(default)]
+    pub power: Option<crate::energy::PowerSample>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

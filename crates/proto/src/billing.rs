@@ -92,7 +92,7 @@ pub struct LedgerEntry {
 /// `GET /api/v1/usage` rows: one per group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UsageRow {
-    /// The group: a model, a key id, or a day (`YYYY-MM-DD`), by `group_by`.
+    /// The group: a model, a key id, a site, a region, or a day (`YYYY-MM-DD`), by `group_by`.
     pub group: String,
     pub requests: u64,
     pub prompt_tokens: u64,

@@ -85,4 +85,8 @@ pub struct RouteReplica {
     pub endpoint: String,
     pub site: String,
     pub region: String,
+    /// Its site is shedding inference for a demand-response event: interactive requests go
+    /// elsewhere while anything else can take them, batch requests do not come here.
+    #[serde(default)]
+    pub shedding: bool,
 }

@@ -7,6 +7,7 @@
 //! - [`gateway`]: what the gateway watches from the control plane (keys, routes, prices).
 //! - [`usage`]: what gateways send back: usage events and credit leases.
 //! - [`billing`]: the operator's price book, ledgers and usage reports.
+//! - [`energy`]: site power samples and demand-response events.
 //!
 //! Only data lives here: no I/O, no behaviour beyond constructors and validation helpers, so
 //! that every side of a connection agrees on one definition.
@@ -14,6 +15,7 @@
 pub mod agent;
 pub mod api;
 pub mod billing;
+pub mod energy;
 pub mod gateway;
 pub mod openai;
 pub mod usage;

@@ -180,19 +180,24 @@ pub enum UsageGroup {
     ModelAndKey,
     /// Per (model, deployment) pair, as `model` U+001F `deployment`: invoice lines.
     ModelAndDeployment,
+    /// Per site that served the requests (the energy layer's inference revenue and demand).
+    Site,
+    /// Per region that served the requests.
+    Region,
 }
 
 /// What joins the two names of a pair group in [`UsageTotal::group`].
 pub(crate) const PAIR_SEPARATOR: char = '\u{1f}';
 
 impl UsageGroup {
-    /// A total's group as (model, second name): the key id for [`UsageGroup::Key`] and
-    /// [`UsageGroup::ModelAndKey`], the deployment for [`UsageGroup::ModelAndDeployment`].
+    /// A total's group as (first name, second name): the model (or the site or region for
+    /// those groups) first; the key id for [`UsageGroup::Key`] and [`UsageGroup::ModelAndKey`],
+    /// the deployment for [`UsageGroup::ModelAndDeployment`] second.
     pub fn split(self, group: Option<&str>) -> (Option<String>, Option<String>) {
         let group = group.map(str::to_owned);
         match self {
             UsageGroup::None => (None, None),
-            UsageGroup::Model => (group, None),
+            UsageGroup::Model | UsageGroup::Site | UsageGroup::Region => (group, None),
             UsageGroup::Key => (None, group),
             UsageGroup::ModelAndKey | UsageGroup::ModelAndDeployment => {
                 match group.as_deref().and_then(|g| g.split_once(PAIR_SEPARATOR)) {
@@ -268,6 +273,47 @@ pub struct SiteHeartbeat<'a> {
     pub site: &'a str,
     pub nodes: &'a [NodeReport],
     pub replicas: &'a [ReplicaReport],
+}
+
+/// A demand-response event to store, its target and shedding already decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDrEvent {
+    pub id: String,
+    pub site: String,
+    pub target_kw: f64,
+    pub reduce_by_pct: Option<f64>,
+    pub baseline_kw: Option<f64>,
+    pub shed_inference: bool,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub note: Option<String>,
+    pub created_at_ms: i64,
+    pub created_by: String,
+}
+
+/// A stored demand-response event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrEventRecord {
+    pub id: String,
+    pub site: String,
+    pub target_kw: f64,
+    pub reduce_by_pct: Option<f64>,
+    pub baseline_kw: Option<f64>,
+    pub shed_inference: bool,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub note: Option<String>,
+    pub created_at_ms: i64,
+    pub created_by: String,
+    pub cancelled_at_ms: Option<i64>,
+}
+
+impl DrEventRecord {
+    /// When the event stops: its end, or its cancellation if that came first.
+    pub fn effective_end_ms(&self) -> i64 {
+        self.cancelled_at_ms
+            .map_or(self.ends_at_ms, |c| c.min(self.ends_at_ms))
+    }
 }
 
 pub(crate) fn replica_state_from_str(s: &str) -> Result<ReplicaState, StoreError> {

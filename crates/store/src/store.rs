@@ -8,13 +8,14 @@ use rust_decimal::Decimal;
 use wattmesh_domain::pricing::LeaseView;
 use wattmesh_proto::api::{DeploymentSpec, Limits, Model, NodeSpec, Region, SiteSpec, TenantSpec};
 use wattmesh_proto::billing::{DedicatedPrice, LedgerEntry, Price};
+use wattmesh_proto::energy::{MinerAck, PowerSample};
 use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::StoreError;
 use crate::records::{
-    AgentRegistration, ApiKeyRecord, DeploymentRecord, GatewayRecord, NewApiKey, NewDedicatedPrice,
-    NewPrice, NewReplica, NodeRecord, RatedEvent, ReplicaRecord, ReplicaSeconds, SiteHeartbeat,
-    SiteRecord, TenantRecord, UsageQuery, UsageTotal,
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, GatewayRecord, NewApiKey,
+    NewDedicatedPrice, NewDrEvent, NewPrice, NewReplica, NodeRecord, RatedEvent, ReplicaRecord,
+    ReplicaSeconds, SiteHeartbeat, SiteRecord, TenantRecord, UsageQuery, UsageTotal,
 };
 
 /// Everything the control plane persists. Creating an object that exists is
@@ -161,6 +162,43 @@ pub trait Store: Send + Sync + 'static {
     /// site is skipped), the reports of replicas this site owns (others are ignored).
     /// Returns whether any node or replica changed.
     async fn record_heartbeat(&self, heartbeat: SiteHeartbeat<'_>) -> Result<bool, StoreError>;
+
+    // --- energy: power samples and demand-response events ---
+    /// Stores one of the site's power samples; a second sample of the site at the same
+    /// `at_ms` is ignored (a retried heartbeat). `NotFound` for an unknown site.
+    async fn record_power_sample(&self, site: &str, sample: &PowerSample)
+    -> Result<(), StoreError>;
+    /// The site's samples with `from_ms <= at_ms < to_ms`, oldest first.
+    async fn power_samples(
+        &self,
+        site: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<PowerSample>, StoreError>;
+    /// The site's newest sample.
+    async fn last_power_sample(&self, site: &str) -> Result<Option<PowerSample>, StoreError>;
+    /// Stores a new event. `NotFound` for an unknown site; `Conflict` when its window
+    /// overlaps another event of the site that was not cancelled; both checked in the same
+    /// transaction as the insert.
+    async fn create_dr_event(&self, event: &NewDrEvent) -> Result<DrEventRecord, StoreError>;
+    /// Every event (of one site, if given), by start time.
+    async fn list_dr_events(&self, site: Option<&str>) -> Result<Vec<DrEventRecord>, StoreError>;
+    async fn get_dr_event(&self, id: &str) -> Result<DrEventRecord, StoreError>;
+    /// Marks the event cancelled at `at_ms`. `Conflict` if it was cancelled already or had
+    /// ended by `at_ms`.
+    async fn cancel_dr_event(&self, id: &str, at_ms: i64) -> Result<DrEventRecord, StoreError>;
+    /// Events not cancelled whose end is after `now_ms`, by start time: what agents are told.
+    async fn open_dr_events(&self, now_ms: i64) -> Result<Vec<DrEventRecord>, StoreError>;
+    /// Stores how the site's miners answered the event, replacing an earlier row of the same
+    /// miner. `NotFound` unless the event exists and is `site`'s.
+    async fn record_dr_acks(
+        &self,
+        event_id: &str,
+        site: &str,
+        acks: &[MinerAck],
+    ) -> Result<(), StoreError>;
+    /// The event's miner rows, by miner.
+    async fn dr_acks(&self, event_id: &str) -> Result<Vec<MinerAck>, StoreError>;
 
     // --- the control plane's own secrets and watch versions ---
     async fn secret(&self, name: &str) -> Result<Option<String>, StoreError>;

@@ -65,6 +65,68 @@ pub enum Command {
     /// Miners on their own protocol (CGMiner API, LuxOS): status, sleep, wake, a simulator.
     #[command(subcommand)]
     Miners(MinersCommand),
+    /// Grid demand-response events: shed a site's load, watch the meter follow.
+    #[command(subcommand)]
+    Dr(DrCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrCommand {
+    /// Start (or schedule) an event: the site's miners sleep, then inference is shed if the
+    /// rest of its load is still above the target.
+    Create(DrCreateArgs),
+    /// List events, newest start last.
+    List {
+        /// Only this site's events.
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// An event's record: target, metered load, miners' acknowledgements, whether it held.
+    Show {
+        id: String,
+        /// Follow the event: print the meter and the miners every 2 s until it is over.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// End an event now: the site's miners are woken in staggered waves.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("ask").required(true).args(["down_to_kw", "by_pct"])))]
+pub struct DrCreateArgs {
+    pub site: String,
+    /// Keep the site's metered load at or below this many kW.
+    #[arg(long)]
+    pub down_to_kw: Option<f64>,
+    /// Shed this percent of the site's metered load now.
+    #[arg(long)]
+    pub by_pct: Option<f64>,
+    /// When it starts: RFC 3339 (2026-12-02T18:00:00Z); now when absent.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// How long: `30m`, `2h`, or minutes.
+    #[arg(long)]
+    pub duration: String,
+    /// Free text for the record, e.g. the grid operator's dispatch id.
+    #[arg(long)]
+    pub note: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: ControlTarget,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,9 +189,13 @@ pub struct MinerSimArgs {
     pub model: String,
     #[arg(long, default_value = "127.0.0.1")]
     pub ip: std::net::IpAddr,
-    /// Unit `i` listens on this port + `i`.
+    /// Unit `i` listens on this port + `i`; 0 gives each unit a free port of the OS's choosing
+    /// (with --list to learn them).
     #[arg(long, default_value_t = 40280)]
     pub base_port: u16,
+    /// Write the miners' addresses to this file, one per line, for `--miners @FILE`.
+    #[arg(long)]
+    pub list: Option<PathBuf>,
     /// Where the simulated site meter serves Modbus TCP.
     #[arg(long, default_value = "127.0.0.1:1502")]
     pub meter_listen: SocketAddr,
@@ -318,6 +384,16 @@ pub struct AgentArgs {
     /// Memory this site's node offers to replicas, in GiB.
     #[arg(long, default_value_t = 4)]
     pub node_memory_gib: u64,
+    /// The site's miners, driven for demand-response events: `IP:PORT`, `IP:FIRST-LAST`,
+    /// comma-separated or repeated, or `@FILE` with one or more per line.
+    #[arg(long)]
+    pub miners: Vec<String>,
+    /// The site meter (Modbus TCP, unit 1), read for every power sample.
+    #[arg(long)]
+    pub meter: Option<SocketAddr>,
+    /// Seconds between two power samples (meter and every miner's telemetry).
+    #[arg(long, default_value_t = 2.0)]
+    pub sample_every_s: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -600,7 +676,7 @@ pub struct UsageArgs {
     /// Until this RFC 3339 time or date, exclusive (default now).
     #[arg(long)]
     pub to: Option<String>,
-    /// model, key or day.
+    /// model, key, site, region or day.
     #[arg(long)]
     pub group_by: Option<String>,
     #[arg(long, conflicts_with = "json")]

@@ -17,7 +17,7 @@ use wattmesh_proto::billing::{Price, PriceSpec};
 use crate::cli::UpArgs;
 use crate::client::{ControlClient, Created, read_secret};
 use crate::commands::models::pull_all;
-use crate::commands::serve::{SiteAgent, site_agent_config};
+use crate::commands::serve::{SiteAgent, power_config, site_agent_config};
 use crate::run::Services;
 
 /// The simulated sites of `up`: three regions of the fleet, with plausible power prices.
@@ -37,6 +37,8 @@ const GATEWAY_SPOOL_DIR: &str = "gateway-spool";
 /// The simulated miners `up` gives each site, and the meter's PUE over their draw.
 const SIM_MINER_MODEL: &str = "Antminer S21";
 const SIM_PUE: f64 = 1.05;
+/// How often each site's agent reads its meter and miners.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// Where gateways before the segment-log spool kept it.
 const OLD_GATEWAY_SPOOL_FILE: &str = "gateway-spool.db";
 /// List prices per million prompt and completion tokens set on first start, so the demo's
@@ -99,25 +101,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         wattmesh_gateway::run(gateway_listener, options, services.shutdown.child_token()),
     );
 
-    for (site, region, price) in DEMO_SITES {
-        let config = site_agent_config(SiteAgent {
-            control_url: control_url.clone(),
-            bootstrap_token: bootstrap_token.clone(),
-            site: site.to_owned(),
-            region: region.to_owned(),
-            power_price_usd_per_mwh: Some(price.parse().context("demo power price")?),
-            node_memory_bytes: NODE_MEMORY_BYTES,
-            data_dir: args.data_dir.clone(),
-            models_dir: models_dir.clone(),
-            catalog: catalog.clone(),
-        });
-        services.spawn(
-            "agent",
-            wattmesh_agent::run(config, services.shutdown.child_token()),
-        );
-    }
-
+    // Each site's simulated miners and meter, started before its agent, which drives them.
     let mut miner_lines = Vec::new();
+    let mut powers = std::collections::BTreeMap::new();
     if args.miners_per_site > 0 {
         for (site, _, _) in DEMO_SITES {
             let meter = bind("127.0.0.1:0".parse()?, "the simulated meter").await?;
@@ -131,21 +117,42 @@ pub async fn up(args: UpArgs) -> Result<()> {
             .await?;
             // The miners' addresses, for `wattmesh miners ... --miners @FILE`.
             let list = args.data_dir.join(format!("miners-{site}.txt"));
-            let lines: Vec<String> = sim.miners().iter().map(ToString::to_string).collect();
-            std::fs::write(&list, lines.join("\n") + "\n")
-                .with_context(|| format!("cannot write {}", list.display()))?;
+            sim.write_list(&list)?;
             miner_lines.push(format!(
                 "  miners       {site}: {}, meter {} (wattmesh miners status --miners @{})",
                 sim.describe(),
                 sim.meter_addr(),
                 list.display()
             ));
+            powers.insert(
+                site,
+                power_config(sim.miners().to_vec(), Some(sim.meter_addr()), SAMPLE_EVERY),
+            );
             let shutdown = services.shutdown.child_token();
             services.spawn("miners", async move {
                 sim.run(shutdown.cancelled()).await;
                 Ok::<(), std::convert::Infallible>(())
             });
         }
+    }
+
+    for (site, region, price) in DEMO_SITES {
+        let config = site_agent_config(SiteAgent {
+            control_url: control_url.clone(),
+            bootstrap_token: bootstrap_token.clone(),
+            site: site.to_owned(),
+            region: region.to_owned(),
+            power_price_usd_per_mwh: Some(price.parse().context("demo power price")?),
+            node_memory_bytes: NODE_MEMORY_BYTES,
+            data_dir: args.data_dir.clone(),
+            models_dir: models_dir.clone(),
+            catalog: catalog.clone(),
+            power: powers.remove(site),
+        });
+        services.spawn(
+            "agent",
+            wattmesh_agent::run(config, services.shutdown.child_token()),
+        );
     }
 
     println!("wattmesh is up");

@@ -1,5 +1,6 @@
 //! The agent protocol (see `wattmesh_proto::agent`): register with the bootstrap token,
-//! heartbeat observed state, long-poll the site's desired state.
+//! heartbeat observed state (with the site's power sample), long-poll the site's desired
+//! state. DR acknowledgements are in `energy`.
 
 use axum::Json;
 use axum::extract::State;
@@ -56,6 +57,12 @@ pub(crate) async fn heartbeat(
             replicas: &hb.replicas,
         })
         .await?;
+    if let Some(sample) = &hb.power {
+        // A bad sample costs only itself: the heartbeat's replicas and liveness still count.
+        if let Err(e) = s.store.record_power_sample(&site, sample).await {
+            tracing::warn!(%site, error = %e, "power sample not stored");
+        }
+    }
     let was_ready = s.reconciler.liveness.beat(&site);
     let new_tokens = s.reconciler.note_tokens(&site, &hb.replicas);
     // A site coming back, or new observations, can change placement and routes now; an

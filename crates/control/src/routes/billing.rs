@@ -228,7 +228,7 @@ pub(crate) struct UsageParams {
     from: Option<String>,
     /// RFC 3339 time or date, exclusive; default now.
     to: Option<String>,
-    /// `model`, `key` or `day`; default one total.
+    /// `model`, `key`, `site`, `region` or `day`; default one total.
     group_by: Option<String>,
 }
 
@@ -260,10 +260,12 @@ pub(crate) async fn usage_report(
         None => (UsageGroup::None, None),
         Some("model") => (UsageGroup::Model, None),
         Some("key") => (UsageGroup::Key, None),
+        Some("site") => (UsageGroup::Site, None),
+        Some("region") => (UsageGroup::Region, None),
         Some("day") => (UsageGroup::None, Some(DAY_MS)),
         Some(other) => {
             return Err(ControlError::BadRequest(format!(
-                "group_by {other:?}: use model, key or day"
+                "group_by {other:?}: use model, key, site, region or day"
             )));
         }
     };

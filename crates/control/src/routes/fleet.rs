@@ -11,6 +11,23 @@ use crate::extract::Body;
 use crate::service::AppState;
 use crate::views;
 
+/// Sites as the operator sees them: readiness and the last power sample applied.
+pub(crate) async fn site_views(
+    s: &AppState,
+    sites: &[wattmesh_store::SiteRecord],
+) -> Result<Vec<Site>, ControlError> {
+    let mut out = Vec::with_capacity(sites.len());
+    for r in sites {
+        let power = s.store.last_power_sample(&r.name).await?;
+        out.push(views::site(
+            r,
+            s.reconciler.liveness.is_ready(&r.name),
+            power,
+        ));
+    }
+    Ok(out)
+}
+
 #[utoipa::path(post, path = "/api/v1/regions", tag = "fleet", request_body = Region,
     responses((status = 201, body = Region), (status = 409, body = ApiError)))]
 pub(crate) async fn create_region(
@@ -50,20 +67,14 @@ pub(crate) async fn create_site(
     let site = s.store.create_site(&spec).await?;
     s.reconciler.nudge().await;
     let ready = s.reconciler.liveness.is_ready(&site.name);
-    Ok((StatusCode::CREATED, Json(views::site(&site, ready))))
+    Ok((StatusCode::CREATED, Json(views::site(&site, ready, None))))
 }
 
 #[utoipa::path(get, path = "/api/v1/sites", tag = "fleet",
     responses((status = 200, body = Vec<Site>)))]
 pub(crate) async fn list_sites(State(s): State<AppState>) -> Result<JsonList<Site>, ControlError> {
-    let live = &s.reconciler.liveness;
     let sites = s.store.list_sites().await?;
-    Ok(Json(
-        sites
-            .iter()
-            .map(|r| views::site(r, live.is_ready(&r.name)))
-            .collect(),
-    ))
+    Ok(Json(site_views(&s, &sites).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/sites/{name}", tag = "fleet",
@@ -74,9 +85,11 @@ pub(crate) async fn get_site(
     Path(name): Path<String>,
 ) -> Result<Json<Site>, ControlError> {
     let site = s.store.get_site(&name).await?;
+    let power = s.store.last_power_sample(&site.name).await?;
     Ok(Json(views::site(
         &site,
         s.reconciler.liveness.is_ready(&site.name),
+        power,
     )))
 }
 

@@ -3,6 +3,7 @@
 //! - `fleet`: regions, sites, nodes; `workloads`: models, deployments, replicas, status;
 //! - `access`: tenants, API keys, gateway credentials; `billing`: prices, top-ups, ledgers,
 //!   usage reports;
+//! - `energy`: demand-response events (and their agents' acknowledgements);
 //! - `agent`: the agent protocol (agent tokens); `gateway`: the config feed, credit leases and
 //!   usage ingest (gateway tokens).
 
@@ -10,6 +11,7 @@ mod access;
 mod agent;
 mod billing;
 mod customer;
+mod energy;
 mod fleet;
 mod gateway;
 mod workloads;
@@ -33,6 +35,7 @@ use crate::service::{AppState, BODY_LIMIT_BYTES, MAX_WATCH};
 pub(crate) use access::*;
 pub(crate) use agent::*;
 pub(crate) use billing::*;
+pub(crate) use energy::*;
 pub(crate) use fleet::*;
 pub(crate) use gateway::*;
 pub(crate) use workloads::*;
@@ -78,11 +81,16 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(&v1("/tenants/{name}/invoices/{period}"), get(get_invoice))
         .route(&v1("/usage"), get(usage_report))
         .route(&v1("/status"), get(status))
+        .route(&v1("/sites/{name}/dr-events"), post(create_dr_event))
+        .route(&v1("/dr-events"), get(list_dr_events))
+        .route(&v1("/dr-events/{id}"), get(get_dr_event))
+        .route(&v1("/dr-events/{id}/cancel"), post(cancel_dr_event))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let agents = Router::new()
         .route(&v1("/agent/register"), post(register))
         .route(&v1("/agent/heartbeat"), post(heartbeat))
-        .route(&v1("/agent/desired"), get(desired));
+        .route(&v1("/agent/desired"), get(desired))
+        .route(&v1("/agent/dr-events/{id}/acks"), post(dr_acks));
     // Each of these authenticates its gateway itself (`GatewayCaller`).
     let gateways = Router::new()
         .route(&v1("/gateway/config"), get(gateway_config))

@@ -132,10 +132,7 @@ pub(crate) async fn status(State(s): State<AppState>) -> Result<Json<FleetStatus
         store.list_replicas().await?,
     );
     Ok(Json(FleetStatus {
-        sites: sites
-            .iter()
-            .map(|r| views::site(r, live.is_ready(&r.name)))
-            .collect(),
+        sites: super::site_views(&s, &sites).await?,
         nodes: nodes
             .iter()
             .map(|n| views::node(n, live.is_ready(&n.site)))

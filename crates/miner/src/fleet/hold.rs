@@ -89,19 +89,24 @@ pub async fn hold_asleep(
                 Err(e) => m.error = Some(e),
             }
         }
-        let resleeps = stream::iter(awake.into_iter().map(|i| {
-            let client = clients[i];
-            async move {
-                let result = with_session(&client, async |session| {
-                    client.curtail(session, Curtail::Sleep).await
-                })
-                .await;
-                (i, result.map(|()| Instant::now()))
-            }
-        }))
-        .buffer_unordered(opts.parallelism)
-        .collect::<Vec<_>>()
-        .await;
+        // Built before the stream: see `Operation::command`.
+        let resleeps: Vec<_> = awake
+            .into_iter()
+            .map(|i| {
+                let client = clients[i];
+                async move {
+                    let result = with_session(&client, async |session| {
+                        client.curtail(session, Curtail::Sleep).await
+                    })
+                    .await;
+                    (i, result.map(|()| Instant::now()))
+                }
+            })
+            .collect();
+        let resleeps = stream::iter(resleeps)
+            .buffer_unordered(opts.parallelism)
+            .collect::<Vec<_>>()
+            .await;
         for (i, result) in resleeps {
             let m = &mut report.miners[i];
             match result {

@@ -499,6 +499,8 @@ pub(super) async fn usage_totals(
         // One text per pair (char(31) is `PAIR_SEPARATOR`), split by `UsageGroup::split`.
         UsageGroup::ModelAndKey => "model || char(31) || key_id",
         UsageGroup::ModelAndDeployment => "model || char(31) || deployment",
+        UsageGroup::Site => "site",
+        UsageGroup::Region => "region",
     };
     let tenant = if query.tenant.is_some() {
         " AND tenant = ?"

@@ -8,11 +8,13 @@
 //! Layout: `fleet` (regions, sites, nodes), `workloads` (models, deployments, replicas),
 //! `access` (tenants, API keys, gateways, agents, secrets, versions), `billing` (prices, the
 //! ledger, usage events, credit leases), `dedicated` (replica-hour prices and accrued replica
-//! time of dedicated deployments). The trait impl below only delegates.
+//! time of dedicated deployments), `energy` (sites' power samples, demand-response events and
+//! their miners' acknowledgements). The trait impl below only delegates.
 
 mod access;
 mod billing;
 mod dedicated;
+mod energy;
 mod fleet;
 mod workloads;
 
@@ -31,12 +33,13 @@ use time::format_description::well_known::Rfc3339;
 use wattmesh_domain::pricing::LeaseView;
 use wattmesh_proto::api::{DeploymentSpec, Limits, Model, NodeSpec, Region, SiteSpec, TenantSpec};
 use wattmesh_proto::billing::{DedicatedPrice, LedgerEntry, Price};
+use wattmesh_proto::energy::{MinerAck, PowerSample};
 use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::records::{
-    AgentRegistration, ApiKeyRecord, DeploymentRecord, GatewayRecord, NewApiKey, NewDedicatedPrice,
-    NewPrice, NewReplica, NodeRecord, RatedEvent, ReplicaRecord, ReplicaSeconds, SiteHeartbeat,
-    SiteRecord, TenantRecord, UsageQuery, UsageTotal,
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, GatewayRecord, NewApiKey,
+    NewDedicatedPrice, NewDrEvent, NewPrice, NewReplica, NodeRecord, RatedEvent, ReplicaRecord,
+    ReplicaSeconds, SiteHeartbeat, SiteRecord, TenantRecord, UsageQuery, UsageTotal,
 };
 use crate::{Store, StoreError};
 
@@ -294,6 +297,51 @@ impl Store for SqliteStore {
     }
     async fn record_heartbeat(&self, heartbeat: SiteHeartbeat<'_>) -> Result<bool, StoreError> {
         fleet::record_heartbeat(&self.pool, heartbeat).await
+    }
+
+    async fn record_power_sample(
+        &self,
+        site: &str,
+        sample: &PowerSample,
+    ) -> Result<(), StoreError> {
+        energy::record_power_sample(&self.pool, site, sample).await
+    }
+    async fn power_samples(
+        &self,
+        site: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<PowerSample>, StoreError> {
+        energy::power_samples(&self.pool, site, from_ms, to_ms).await
+    }
+    async fn last_power_sample(&self, site: &str) -> Result<Option<PowerSample>, StoreError> {
+        energy::last_power_sample(&self.pool, site).await
+    }
+    async fn create_dr_event(&self, event: &NewDrEvent) -> Result<DrEventRecord, StoreError> {
+        energy::create_dr_event(&self.pool, event).await
+    }
+    async fn list_dr_events(&self, site: Option<&str>) -> Result<Vec<DrEventRecord>, StoreError> {
+        energy::list_dr_events(&self.pool, site).await
+    }
+    async fn get_dr_event(&self, id: &str) -> Result<DrEventRecord, StoreError> {
+        energy::get_dr_event(&self.pool, id).await
+    }
+    async fn cancel_dr_event(&self, id: &str, at_ms: i64) -> Result<DrEventRecord, StoreError> {
+        energy::cancel_dr_event(&self.pool, id, at_ms).await
+    }
+    async fn open_dr_events(&self, now_ms: i64) -> Result<Vec<DrEventRecord>, StoreError> {
+        energy::open_dr_events(&self.pool, now_ms).await
+    }
+    async fn record_dr_acks(
+        &self,
+        event_id: &str,
+        site: &str,
+        acks: &[MinerAck],
+    ) -> Result<(), StoreError> {
+        energy::record_dr_acks(&self.pool, event_id, site, acks).await
+    }
+    async fn dr_acks(&self, event_id: &str) -> Result<Vec<MinerAck>, StoreError> {
+        energy::dr_acks(&self.pool, event_id).await
     }
 
     async fn secret(&self, name: &str) -> Result<Option<String>, StoreError> {

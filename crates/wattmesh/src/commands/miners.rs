@@ -279,6 +279,13 @@ impl SiteSim {
         self.fleet.addrs()
     }
 
+    /// Writes the miners' addresses, one per line: the `@FILE` of `--miners`.
+    pub fn write_list(&self, path: &std::path::Path) -> Result<()> {
+        let lines: Vec<String> = self.miners().iter().map(ToString::to_string).collect();
+        std::fs::write(path, lines.join("\n") + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
     pub fn meter_addr(&self) -> SocketAddr {
         self.meter.local_addr()
     }
@@ -321,10 +328,13 @@ async fn sim(args: MinerSimArgs) -> Result<()> {
         .with_context(|| format!("--meter-listen {}", args.meter_listen))?;
     let options = SimOptions {
         ip: args.ip,
-        base_port: Some(args.base_port),
+        base_port: (args.base_port != 0).then_some(args.base_port),
         speed: 1.0,
     };
     let site = SiteSim::start(&args.model, args.units, options, listener, args.pue).await?;
+    if let Some(path) = &args.list {
+        site.write_list(path)?;
+    }
     println!("{}", site.describe());
     println!("meter {} (Modbus TCP, unit 1)", site.meter_addr());
     println!("Ctrl-C to stop");

@@ -1,6 +1,7 @@
 //! One function per subcommand; [`dispatch`] picks it.
 
 pub mod deployments;
+pub mod dr;
 pub mod keys;
 pub mod miners;
 pub mod models;
@@ -31,6 +32,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Deployments(cmd) => deployments::run(cmd).await,
         Command::Planner(cmd) => planner::run(cmd).await,
         Command::Miners(cmd) => miners::run(cmd).await,
+        Command::Dr(cmd) => dr::run(cmd).await,
     }
 }
 

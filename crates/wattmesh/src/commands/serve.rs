@@ -75,6 +75,25 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         ),
         None => None,
     };
+    let power = if args.miners.is_empty() && args.meter.is_none() {
+        None
+    } else {
+        let miners = if args.miners.is_empty() {
+            Vec::new()
+        } else {
+            super::miners::parse_miners(&args.miners)?
+        };
+        let every = Duration::try_from_secs_f64(args.sample_every_s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| {
+                format!(
+                    "--sample-every-s must be a positive number of seconds, not {}",
+                    args.sample_every_s
+                )
+            })?;
+        Some(power_config(miners, args.meter, every))
+    };
     let config = site_agent_config(SiteAgent {
         control_url: args.control_url.clone(),
         bootstrap_token,
@@ -85,6 +104,7 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         data_dir: args.data_dir.clone(),
         models_dir: args.models_dir(),
         catalog: Catalog::builtin(),
+        power,
     });
     println!(
         "agent for site {} ({}) → {}",
@@ -109,6 +129,8 @@ pub struct SiteAgent {
     pub data_dir: std::path::PathBuf,
     pub models_dir: std::path::PathBuf,
     pub catalog: Catalog,
+    /// The site's miners and meter, if it has any.
+    pub power: Option<wattmesh_agent::PowerConfig>,
 }
 
 /// One site's agent configuration, the same for `wattmesh agent` and the sites of `up`: one
@@ -126,6 +148,22 @@ pub fn site_agent_config(s: SiteAgent) -> AgentConfig {
         node_memory_bytes: s.node_memory_bytes,
         models_dir: s.models_dir,
         catalog: s.catalog,
+        power: s.power,
+    }
+}
+
+/// The power part of an agent's configuration: its miners and meter, sampled every
+/// `sample_every` (2 s for `up` and by default).
+pub fn power_config(
+    miners: Vec<std::net::SocketAddr>,
+    meter: Option<std::net::SocketAddr>,
+    sample_every: Duration,
+) -> wattmesh_agent::PowerConfig {
+    wattmesh_agent::PowerConfig {
+        miners,
+        meter,
+        sample_every,
+        fleet: wattmesh_agent::FleetOptions::default(),
     }
 }
 

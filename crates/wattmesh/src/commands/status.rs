@@ -27,13 +27,34 @@ fn ready(ok: bool) -> String {
 }
 
 pub fn render(status: &FleetStatus) -> String {
-    let mut sites = table(&["site", "region", "status", "power $/MWh", "last heartbeat"]);
+    let mut sites = table(&[
+        "site",
+        "region",
+        "status",
+        "power $/MWh",
+        "meter kW",
+        "miners",
+        "last heartbeat",
+    ]);
     for s in &status.sites {
+        let (meter, miners) = match &s.power {
+            Some(p) => (
+                p.meter_kw
+                    .map_or_else(|| "-".into(), |kw| format!("{kw:.1}")),
+                format!(
+                    "{} hashing, {} asleep of {}",
+                    p.miners.hashing, p.miners.asleep, p.miners.total
+                ),
+            ),
+            None => ("-".into(), "-".into()),
+        };
         sites.add_row(vec![
             s.name.clone(),
             s.region.clone(),
             ready(s.ready),
             s.power_price_usd_per_mwh.to_string(),
+            meter,
+            miners,
             s.last_heartbeat.clone().unwrap_or_else(|| "never".into()),
         ]);
     }
