@@ -103,6 +103,41 @@ def test_every_request_is_metered_and_billed_as_served(fleet):
     assert float(total["cost"]) > 0
 
 
+def test_a_stream_cut_by_its_client_is_billed_its_prompt_and_what_it_was_sent(fleet):
+    name = tenant(fleet)
+    key = new_key(fleet, name)
+    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    full = list(client(fleet, key).chat.completions.create(
+        model=CHAT, messages=story, temperature=0, max_tokens=64, stream=True,
+        stream_options={"include_usage": True}))
+    prompt = full[-1].usage.prompt_tokens
+    assert prompt > 0
+    # The same request, read for three content chunks and then hung up on.
+    body = {"model": CHAT, "messages": story, "temperature": 0, "max_tokens": 64,
+            "stream": True}
+    read = 0
+    with httpx.stream("POST", f"{fleet.gateway_url}/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {key}"}, timeout=60) as r:
+        assert r.status_code == 200
+        assert "x-wattmesh-prompt-tokens" not in r.headers, "an internal header leaked"
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line:
+                read += 1
+            if read == 3:
+                break
+    assert read == 3
+
+    def billed():
+        rows = usage_rows(fleet, name)
+        return rows if rows and rows[0]["requests"] == 2 else None
+
+    total = wait_for("the cut stream to be billed", billed)[0]
+    # Its prompt was read in full: billed as the whole request's was.
+    assert total["prompt_tokens"] == 2 * prompt, total
+    cut_completion = total["completion_tokens"] - full[-1].usage.completion_tokens
+    assert 3 <= cut_completion < full[-1].usage.completion_tokens, total
+
+
 def test_rate_limits_answer_429_with_openai_headers(fleet):
     name = tenant(fleet)
     key = new_key(fleet, name, "--rpm", "2")

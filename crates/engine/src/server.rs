@@ -169,6 +169,7 @@ async fn chat_completions(
     let chat = replica.chat("/v1/chat/completions")?;
     let priority = priority(&headers)?;
     let prepared = chat.prepare_chat(&req)?;
+    let prompt_tokens = prepared.tokens.len();
     let events = chat.submit(prepared, priority)?;
     let meta = meta(
         &replica,
@@ -176,7 +177,7 @@ async fn chat_completions(
         req.stream_options.as_ref().is_some_and(|o| o.include_usage),
     );
     if req.stream == Some(true) {
-        return Ok(sse_response(StreamKind::Chat, meta, events));
+        return Ok(sse_response(StreamKind::Chat, meta, prompt_tokens, events));
     }
     let done = collect(events).await?;
     Ok(Json(ChatCompletion {
@@ -208,6 +209,7 @@ async fn completions(
     let chat = replica.chat("/v1/completions")?;
     let priority = priority(&headers)?;
     let prepared = chat.prepare_completion(&req)?;
+    let prompt_tokens = prepared.tokens.len();
     let events = chat.submit(prepared, priority)?;
     let meta = meta(
         &replica,
@@ -215,7 +217,12 @@ async fn completions(
         req.stream_options.as_ref().is_some_and(|o| o.include_usage),
     );
     if req.stream == Some(true) {
-        return Ok(sse_response(StreamKind::Completion, meta, events));
+        return Ok(sse_response(
+            StreamKind::Completion,
+            meta,
+            prompt_tokens,
+            events,
+        ));
     }
     let done = collect(events).await?;
     Ok(Json(Completion {

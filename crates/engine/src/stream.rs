@@ -17,6 +17,7 @@ use futures::{StreamExt, stream};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use wattmesh_proto::gateway::PROMPT_TOKENS_HEADER;
 use wattmesh_proto::openai::{
     ChatCompletionChunk, ChunkChoice, Completion, CompletionChoice, Delta, ErrorKind,
     ErrorResponse, FinishReason, Role, STREAM_DONE, Usage,
@@ -41,10 +42,12 @@ pub enum StreamKind {
     Completion,
 }
 
-/// A streamed response over `events`.
+/// A streamed response over `events`, for a prompt of `prompt_tokens` tokens (told to the
+/// gateway in a header, for billing a stream cut before its usage chunk).
 pub fn sse_response(
     kind: StreamKind,
     meta: StreamMeta,
+    prompt_tokens: usize,
     events: mpsc::UnboundedReceiver<GenEvent>,
 ) -> Response {
     let head = match kind {
@@ -63,8 +66,12 @@ pub fn sse_response(
     let frames = stream::iter(head).chain(body).map(Ok::<Bytes, Infallible>);
     (
         [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_TYPE, "text/event-stream".to_owned()),
+            (header::CACHE_CONTROL, "no-cache".to_owned()),
+            (
+                header::HeaderName::from_static(PROMPT_TOKENS_HEADER),
+                prompt_tokens.to_string(),
+            ),
         ],
         Body::from_stream(frames),
     )

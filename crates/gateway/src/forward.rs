@@ -15,7 +15,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::{Stream, StreamExt};
-use wattmesh_proto::gateway::{ModelRoute, PRIORITY_HEADER, RouteReplica};
+use wattmesh_proto::gateway::{ModelRoute, PRIORITY_HEADER, PROMPT_TOKENS_HEADER, RouteReplica};
 use wattmesh_proto::usage::Outcome;
 
 use crate::GatewayState;
@@ -172,7 +172,7 @@ fn served_by(meter: &mut Meter, route: &ModelRoute, i: usize) {
 async fn relay(
     resp: reqwest::Response,
     in_flight: InFlight,
-    meter: Meter,
+    mut meter: Meter,
     out: &Outgoing<'_>,
 ) -> Result<Response, GatewayError> {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -188,6 +188,13 @@ async fn relay(
         .collect();
     // Error answers are JSON even on a streamed request.
     let sse = out.stream && status.is_success();
+    if sse {
+        meter.streamed_prompt_tokens = resp
+            .headers()
+            .get(PROMPT_TOKENS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+    }
     let whole = (!sse)
         .then(|| resp.content_length())
         .flatten()

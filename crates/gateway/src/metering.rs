@@ -9,8 +9,10 @@
 //!   with the real usage and writes the event.
 //!
 //! Cut streams (the client went away, the replica failed) carry no usage chunk: they are billed
-//! the content chunks the client was sent (one token each, as engines stream) and no prompt
-//! tokens — what the gateway can prove was served.
+//! the content chunks the client was sent (one token each, as engines stream) and the prompt
+//! tokens the replica told in its answer's `x-wattmesh-prompt-tokens` header (the prompt was
+//! read whatever happened next); a replica that does not tell (not ours) is billed no prompt —
+//! what the gateway can prove was served.
 
 use std::time::Instant;
 
@@ -202,6 +204,9 @@ pub struct Meter {
     pub event: UsageEvent,
     pub started: Instant,
     pub first_byte: Option<Instant>,
+    /// A stream's prompt tokens as its replica told them before the first chunk; billed when
+    /// the stream is cut before its usage chunk.
+    pub streamed_prompt_tokens: Option<u64>,
     pub price: TokenPrice,
     pub spool: Spool,
     pub metrics: std::sync::Arc<crate::metrics::GatewayMetrics>,
@@ -221,7 +226,7 @@ impl Meter {
     ) -> (UsageEvent, Option<(String, Decimal)>, Spool) {
         let (prompt, completion) = match usage {
             Some(u) => (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)),
-            None => (0, content_chunks),
+            None => (self.streamed_prompt_tokens.unwrap_or(0), content_chunks),
         };
         let now = Instant::now();
         let mut event = self.event;

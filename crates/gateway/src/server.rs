@@ -413,6 +413,7 @@ async fn proxy(
         },
         started,
         first_byte: None,
+        streamed_prompt_tokens: None,
         price,
         spool: st.spool.clone(),
         metrics: st.metrics.clone(),

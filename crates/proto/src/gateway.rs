@@ -17,6 +17,11 @@ use crate::api::{BillingPlan, KeyPriority, Limits};
 /// (`high`, `normal` or `low`); the engine schedules FCFS within each class.
 pub const PRIORITY_HEADER: &str = "x-wattmesh-priority";
 
+/// The header on which a replica tells the gateway a streamed answer's prompt tokens, before
+/// the first chunk: a stream cut before its usage chunk (the client went away) is still billed
+/// its prompt. Never relayed to the client.
+pub const PROMPT_TOKENS_HEADER: &str = "x-wattmesh-prompt-tokens";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GatewayConfig {
     pub version: u64,

@@ -110,6 +110,12 @@ async fn streaming_matches_openai_and_the_unstreamed_answer() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    // The prompt's size comes before the first chunk, for the gateway to bill a cut stream.
+    let told: u64 = resp.headers()["x-wattmesh-prompt-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let events = sse_events(resp).await;
     assert_eq!(events.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = events[..events.len() - 1]
@@ -150,6 +156,7 @@ async fn streaming_matches_openai_and_the_unstreamed_answer() {
         plain["choices"][0]["message"]["content"].as_str().unwrap()
     );
     assert_eq!(usage_chunk["usage"], plain["usage"]);
+    assert_eq!(usage_chunk["usage"]["prompt_tokens"], json!(told));
 
     // Without include_usage: no usage key, no usage chunk.
     let resp = server
