@@ -129,7 +129,13 @@ mod tests {
 
     /// A case: its name, the candidates, those tried, whether the request is deferrable, and
     /// the replica it should go to.
-    type ShedCase<'a> = (&'a str, Vec<Candidate<'a>>, Vec<&'a str>, bool, Option<&'a str>);
+    type ShedCase<'a> = (
+        &'a str,
+        Vec<Candidate<'a>>,
+        Vec<&'a str>,
+        bool,
+        Option<&'a str>,
+    );
 
     #[test]
     fn shedding_sites_take_interactive_traffic_last_and_batch_never() {
