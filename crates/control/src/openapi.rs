@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use wattmesh_proto::{agent, api, billing, energy, gateway, usage};
+use wattmesh_proto::{agent, api, billing, energy, gateway, pnl, usage};
 
 use crate::routes;
 
@@ -33,6 +33,7 @@ use crate::routes;
         routes::list_invoices, routes::get_invoice,
         routes::create_dr_event, routes::list_dr_events, routes::get_dr_event,
         routes::cancel_dr_event,
+        routes::set_market, routes::list_market, routes::set_dr_terms, routes::pnl_report,
         routes::register, routes::heartbeat, routes::desired, routes::dr_acks,
         routes::gateway_config, routes::lease, routes::ingest_usage,
     ),
@@ -53,6 +54,8 @@ use crate::routes;
         energy::PowerSample, energy::MinerCounts, energy::DrEventSpec, energy::DrStatus,
         energy::DrEvent, energy::DrEventReport, energy::DrOutcome, energy::DrDirective,
         energy::DrAcks, energy::MinerAck,
+        pnl::MarketSpec, pnl::MarketSnapshot, pnl::DrTerms, pnl::PnlLine, pnl::Metering,
+        pnl::SitePnl, pnl::Treasury, pnl::TreasuryRow, pnl::PnlReport,
         gateway::GatewayConfig, gateway::GatewayKey, gateway::GatewayTenant,
         gateway::GatewayPrice, gateway::ModelRoute, gateway::RouteReplica,
     )),

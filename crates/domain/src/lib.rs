@@ -12,6 +12,8 @@
 //! - [`dr`]: demand-response events: targets, windows, what to shed, whether a target held.
 //! - [`planner`]: the linear program that splits a site's power among GPUs, ASICs and the grid,
 //!   its rolling horizon, and the baselines it is measured against.
+//! - [`pnl`]: one P&L per site and for the fleet, booked from the meter, the miners, billed
+//!   usage and DR events at the Bitcoin market in force.
 //!
 //! **Architecture invariant:** nothing here performs I/O, reads a clock or spawns a task. Every
 //! decision is a deterministic function of its inputs, so the control plane, the gateway and
@@ -24,6 +26,7 @@ pub mod market;
 pub mod mining;
 pub mod model;
 pub mod planner;
+pub mod pnl;
 pub mod pricing;
 pub mod scheduler;
 

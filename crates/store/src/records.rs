@@ -330,3 +330,34 @@ pub(crate) fn replica_state_from_str(s: &str) -> Result<ReplicaState, StoreError
         }
     })
 }
+
+/// A Bitcoin market snapshot to store, in force from `effective_from_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMarketSnapshot {
+    pub btc_usd: Decimal,
+    pub difficulty: f64,
+    pub subsidy_btc: f64,
+    pub fees_btc_per_block: f64,
+    pub effective_from: String,
+    pub effective_from_ms: i64,
+}
+
+/// A stored market snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarketRecord {
+    pub version: u64,
+    pub btc_usd: Decimal,
+    pub difficulty: f64,
+    pub subsidy_btc: f64,
+    pub fees_btc_per_block: f64,
+    pub effective_from: String,
+    pub effective_from_ms: i64,
+}
+
+/// What a demand-response event pays; `None` pays nothing for that part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrTermsRecord {
+    pub event_id: String,
+    pub pay_usd_per_mwh: Option<Decimal>,
+    pub peak_charge_usd_per_kw: Option<Decimal>,
+}

@@ -13,9 +13,10 @@ use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::StoreError;
 use crate::records::{
-    AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, GatewayRecord, NewApiKey,
-    NewDedicatedPrice, NewDrEvent, NewPrice, NewReplica, NodeRecord, RatedEvent, ReplicaRecord,
-    ReplicaSeconds, SiteHeartbeat, SiteRecord, TenantRecord, UsageQuery, UsageTotal,
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, DrTermsRecord, GatewayRecord,
+    MarketRecord, NewApiKey, NewDedicatedPrice, NewDrEvent, NewMarketSnapshot, NewPrice,
+    NewReplica, NodeRecord, RatedEvent, ReplicaRecord, ReplicaSeconds, SiteHeartbeat, SiteRecord,
+    TenantRecord, UsageQuery, UsageTotal,
 };
 
 /// Everything the control plane persists. Creating an object that exists is
@@ -199,6 +200,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The event's miner rows, by miner.
     async fn dr_acks(&self, event_id: &str) -> Result<Vec<MinerAck>, StoreError>;
+
+    // --- the P&L's inputs: Bitcoin market snapshots and DR event terms ---
+    /// Adds a market snapshot. `Invalid` for a difficulty that is not positive, a negative
+    /// subsidy or fee, or a BTC price that is not positive.
+    async fn add_market_snapshot(
+        &self,
+        snapshot: &NewMarketSnapshot,
+    ) -> Result<MarketRecord, StoreError>;
+    /// Every market snapshot, by time in force (then version).
+    async fn list_market_snapshots(&self) -> Result<Vec<MarketRecord>, StoreError>;
+    /// Sets (or replaces) what a DR event pays. `NotFound` for an unknown event; `Invalid` for
+    /// a negative rate.
+    async fn set_dr_terms(&self, terms: &DrTermsRecord) -> Result<DrTermsRecord, StoreError>;
+    /// The terms of every event (of one site, if given) that has some, by event id.
+    async fn dr_terms(&self, site: Option<&str>) -> Result<Vec<DrTermsRecord>, StoreError>;
 
     // --- the control plane's own secrets and watch versions ---
     async fn secret(&self, name: &str) -> Result<Option<String>, StoreError>;

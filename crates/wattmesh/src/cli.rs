@@ -68,6 +68,68 @@ pub enum Command {
     /// Grid demand-response events: shed a site's load, watch the meter follow.
     #[command(subcommand)]
     Dr(DrCommand),
+    /// One P&L per site and for the fleet: energy and its cost, BTC mined, inference revenue,
+    /// DR income, margin per MWh; `--treasury` for BTC mined.
+    Pnl(PnlArgs),
+    /// The Bitcoin market the P&L values mining at: BTC price, difficulty, subsidy, fees.
+    #[command(subcommand)]
+    Market(MarketCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PnlArgs {
+    /// One site (default the fleet, with a total per site).
+    #[arg(long)]
+    pub site: Option<String>,
+    /// From this RFC 3339 time or date (default the start of this month, UTC).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Until this RFC 3339 time or date, exclusive (default now).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// interval (15 minutes), day or month.
+    #[arg(long, default_value = "day")]
+    pub by: String,
+    /// Show BTC mined per site and fleet, valued when mined and at the latest price.
+    #[arg(long)]
+    pub treasury: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: ControlTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MarketCommand {
+    /// Set the market from now on (a new snapshot; earlier ones keep valuing the past).
+    Set(MarketSetArgs),
+    /// Every snapshot, oldest first, with its hashprice.
+    Show {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MarketSetArgs {
+    /// BTC price, USD.
+    #[arg(long)]
+    pub btc_usd: String,
+    /// Network difficulty, e.g. 144.4e12.
+    #[arg(long)]
+    pub difficulty: f64,
+    /// Block subsidy, BTC.
+    #[arg(long, default_value_t = 3.125)]
+    pub subsidy_btc: f64,
+    /// Average fees per block over the last 144 blocks, BTC.
+    #[arg(long)]
+    pub fees_btc_per_block: f64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: ControlTarget,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +185,13 @@ pub struct DrCreateArgs {
     /// Free text for the record, e.g. the grid operator's dispatch id.
     #[arg(long)]
     pub note: Option<String>,
+    /// What the grid program pays per MWh curtailed below the baseline (set as the event's
+    /// terms; the P&L books it once the event is held).
+    #[arg(long)]
+    pub pay_usd_per_mwh: Option<String>,
+    /// The peak (demand) charge the event avoids, USD per kW shed.
+    #[arg(long)]
+    pub peak_charge_usd_per_kw: Option<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -4,6 +4,7 @@
 //! - `access`: tenants, API keys, gateway credentials; `billing`: prices, top-ups, ledgers,
 //!   usage reports;
 //! - `energy`: demand-response events (and their agents' acknowledgements);
+//! - `pnl`: Bitcoin market snapshots, what DR events pay, the P&L per site and fleet;
 //! - `agent`: the agent protocol (agent tokens); `gateway`: the config feed, credit leases and
 //!   usage ingest (gateway tokens).
 
@@ -14,6 +15,7 @@ mod customer;
 mod energy;
 mod fleet;
 mod gateway;
+mod pnl;
 mod workloads;
 
 use std::sync::Arc;
@@ -38,6 +40,7 @@ pub(crate) use billing::*;
 pub(crate) use energy::*;
 pub(crate) use fleet::*;
 pub(crate) use gateway::*;
+pub(crate) use pnl::*;
 pub(crate) use workloads::*;
 
 fn v1(path: &str) -> String {
@@ -85,6 +88,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(&v1("/dr-events"), get(list_dr_events))
         .route(&v1("/dr-events/{id}"), get(get_dr_event))
         .route(&v1("/dr-events/{id}/cancel"), post(cancel_dr_event))
+        .route(&v1("/dr-events/{id}/terms"), put(set_dr_terms))
+        .route(&v1("/market"), post(set_market).get(list_market))
+        .route(&v1("/pnl"), get(pnl_report))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let agents = Router::new()
         .route(&v1("/agent/register"), post(register))

@@ -9,13 +9,15 @@
 //! `access` (tenants, API keys, gateways, agents, secrets, versions), `billing` (prices, the
 //! ledger, usage events, credit leases), `dedicated` (replica-hour prices and accrued replica
 //! time of dedicated deployments), `energy` (sites' power samples, demand-response events and
-//! their miners' acknowledgements). The trait impl below only delegates.
+//! their miners' acknowledgements), `pnl` (Bitcoin market snapshots and what DR events pay). The
+//! trait impl below only delegates.
 
 mod access;
 mod billing;
 mod dedicated;
 mod energy;
 mod fleet;
+mod pnl;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -37,9 +39,10 @@ use wattmesh_proto::energy::{MinerAck, PowerSample};
 use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::records::{
-    AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, GatewayRecord, NewApiKey,
-    NewDedicatedPrice, NewDrEvent, NewPrice, NewReplica, NodeRecord, RatedEvent, ReplicaRecord,
-    ReplicaSeconds, SiteHeartbeat, SiteRecord, TenantRecord, UsageQuery, UsageTotal,
+    AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, DrTermsRecord, GatewayRecord,
+    MarketRecord, NewApiKey, NewDedicatedPrice, NewDrEvent, NewMarketSnapshot, NewPrice,
+    NewReplica, NodeRecord, RatedEvent, ReplicaRecord, ReplicaSeconds, SiteHeartbeat, SiteRecord,
+    TenantRecord, UsageQuery, UsageTotal,
 };
 use crate::{Store, StoreError};
 
@@ -342,6 +345,22 @@ impl Store for SqliteStore {
     }
     async fn dr_acks(&self, event_id: &str) -> Result<Vec<MinerAck>, StoreError> {
         energy::dr_acks(&self.pool, event_id).await
+    }
+
+    async fn add_market_snapshot(
+        &self,
+        snapshot: &NewMarketSnapshot,
+    ) -> Result<MarketRecord, StoreError> {
+        pnl::add_market_snapshot(&self.pool, snapshot).await
+    }
+    async fn list_market_snapshots(&self) -> Result<Vec<MarketRecord>, StoreError> {
+        pnl::list_market_snapshots(&self.pool).await
+    }
+    async fn set_dr_terms(&self, terms: &DrTermsRecord) -> Result<DrTermsRecord, StoreError> {
+        pnl::set_dr_terms(&self.pool, terms).await
+    }
+    async fn dr_terms(&self, site: Option<&str>) -> Result<Vec<DrTermsRecord>, StoreError> {
+        pnl::dr_terms(&self.pool, site).await
     }
 
     async fn secret(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use rust_decimal::Decimal;
 use wattmesh_proto::energy::{DrEvent, DrEventReport, DrEventSpec, DrStatus, PowerSample};
+use wattmesh_proto::pnl::DrTerms;
 
 use super::{print_json, table};
 use crate::cli::{DrCommand, DrCreateArgs};
@@ -88,9 +90,30 @@ async fn create(args: DrCreateArgs) -> Result<()> {
         duration_minutes: minutes(&args.duration)?,
         note: args.note,
     };
-    let event: DrEvent = ControlClient::from_target(&args.target)?
+    // Checked before the event is made, so a typo makes nothing.
+    let terms = DrTerms {
+        pay_usd_per_mwh: rate("--pay-usd-per-mwh", args.pay_usd_per_mwh.as_deref())?,
+        peak_charge_usd_per_kw: rate(
+            "--peak-charge-usd-per-kw",
+            args.peak_charge_usd_per_kw.as_deref(),
+        )?,
+    };
+    let client = ControlClient::from_target(&args.target)?;
+    let event: DrEvent = client
         .post(&format!("/sites/{}/dr-events", args.site), &spec)
         .await?;
+    if terms.pay_usd_per_mwh.is_some() || terms.peak_charge_usd_per_kw.is_some() {
+        let _: DrTerms = client
+            .put(&format!("/dr-events/{}/terms", event.id), &terms)
+            .await
+            .with_context(|| {
+                format!(
+                    "event {} was made, but its terms were not set; set them with \
+                     PUT /api/v1/dr-events/{}/terms",
+                    event.id, event.id
+                )
+            })?;
+    }
     if args.json {
         return print_json(&event);
     }
@@ -106,6 +129,17 @@ async fn create(args: DrCreateArgs) -> Result<()> {
     );
     println!("follow it: wattmesh dr show {} --watch", event.id);
     Ok(())
+}
+
+/// A rate in USD as a decimal, zero or more.
+fn rate(flag: &str, text: Option<&str>) -> Result<Option<Decimal>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    match text.trim().parse::<Decimal>() {
+        Ok(d) if d >= Decimal::ZERO => Ok(Some(d)),
+        _ => bail!("{flag} {text:?}: give a number of USD, zero or more, like 120 or 12.5"),
+    }
 }
 
 /// `30m`, `2h`, `45` (minutes) → whole minutes.

@@ -3,10 +3,12 @@
 pub mod deployments;
 pub mod dr;
 pub mod keys;
+pub mod market;
 pub mod miners;
 pub mod models;
 pub mod money;
 pub mod planner;
+pub mod pnl;
 pub mod serve;
 pub mod status;
 
@@ -33,6 +35,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Planner(cmd) => planner::run(cmd).await,
         Command::Miners(cmd) => miners::run(cmd).await,
         Command::Dr(cmd) => dr::run(cmd).await,
+        Command::Pnl(args) => pnl::run(args).await,
+        Command::Market(cmd) => market::run(cmd).await,
     }
 }
 
