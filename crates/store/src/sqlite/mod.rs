@@ -29,7 +29,7 @@ use rust_decimal::Decimal;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Connection, Sqlite, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use wattmesh_domain::pricing::LeaseView;
@@ -66,6 +66,11 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // sqlx 0.8 can hand a connection back inside a transaction: a `begin_with` future
+            // dropped after SQLite ran the BEGIN but before the `Transaction` existed (a
+            // handler whose client hung up) leaves it open with the write lock held, and every
+            // later writer then fails. Such a connection is closed, which rolls it back.
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
