@@ -5,6 +5,7 @@ $WATTMESH_TEST_MODELS, which scripts/test fills with `wattmesh models pull`.
 A missing binary or model fails the run with the command that fixes it.
 """
 
+import json
 import os
 import queue
 import re
@@ -111,7 +112,25 @@ class Fleet:
         self.control_url = self.up.wait_for(r"control API\s+(http://[^/\s]+)").group(1)
         self.metrics_url = self.up.wait_for(r"metrics\s+(http://\S+/metrics)").group(1)
         self.up.wait_for(r"all \d+ replicas ready", timeout=300)
+        self.wait_for_plans_applied()
         return self
+
+    def wait_for_plans_applied(self, timeout: float = 180.0):
+        """Waits until every simulated site's agent reported applying its first power plan, so
+        no test commands a miner while the agent is setting it to its plan's target."""
+        sites = [m.group(1) for m in (self.up.wait_for(rf"^planned ({s}):") for s in
+                                      ("georgia-1", "asuncion-1", "addis-1"))]
+        deadline = time.monotonic() + timeout
+        pending = set(sites)
+        while pending and time.monotonic() < deadline:
+            for site in sorted(pending):
+                plans = json.loads(self.cli("planner", "plans", site, "--limit", "1",
+                                            "--json").stdout)
+                if plans and plans[0]["report"]:
+                    pending.discard(site)
+            time.sleep(0.5)
+        if pending:
+            pytest.fail(f"no applied power plan reported for {sorted(pending)} within {timeout}s")
 
     def cli(self, *args, check=True) -> subprocess.CompletedProcess:
         return subprocess.run(

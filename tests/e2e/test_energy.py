@@ -1,7 +1,8 @@
 """The energy side of `wattmesh up` as an operator meets it: every simulated site has its own
 simulated miners (on their own ports, speaking the CGMiner API and LuxOS) and a simulated site
 meter; the banner names them, `wattmesh miners` reads them, and a sleep is confirmed by each
-miner's own telemetry."""
+miner's own telemetry. Demand-response events shed a site, and the live planner plans every
+site, whose agent applies and confirms the plan."""
 
 import json
 import re
@@ -148,3 +149,69 @@ def test_a_dr_event_sleeps_a_sites_miners_the_meter_follows_and_traffic_moves(fl
     bad = fleet.cli("dr", "create", "atlantis", "--down-to-kw", "1", "--duration", "5m",
                     check=False)
     assert bad.returncode != 0 and "atlantis" in bad.stderr, bad.stderr
+
+
+def test_each_site_is_planned_and_its_agent_applies_and_confirms_the_plan(fleet):
+    """The live planner in `wattmesh up`: every site has a power model and a plan its agent
+    applied and confirmed; in a market where mining no longer pays at the site's tariff, a
+    replan puts every miner to sleep (confirmed by the miners and the meter), and when mining
+    pays again the next plan wakes them."""
+    from test_money import wait_for
+
+    site = "addis-1"
+    miner_list = str(fleet.data_dir / f"miners-{site}.txt")
+    model = json.loads(fleet.cli("planner", "model", "show", site, "--json").stdout)
+    assert model["spec"]["asic_groups"] == [
+        {"name": None, "model": "Antminer S21", "units": 100, "ramp_up_s": None,
+         "hosting_usd_per_mwh": None}], model
+    for s in SITES:
+        plans = json.loads(fleet.cli("planner", "plans", s, "--json").stdout)
+        assert plans and plans[-1]["report"]["outcome"] == "applied", plans[-1:]
+
+    def reported(plan_id):
+        def check():
+            plans = json.loads(fleet.cli("planner", "plans", site, "--limit", "20",
+                                         "--json").stdout)
+            plan = next((p for p in plans if p["id"] == plan_id), None)
+            return plan["report"] if plan and plan["report"] else None
+        return check
+
+    def states():
+        rows = json.loads(miners("status", "--miners", "@" + miner_list, "--json").stdout)
+        return {r["state"] for r in rows}
+
+    # BTC at $10k: hashprice ≈ $4.35/PH/day, break-even ≈ $10/MWh, below addis-1's $31.
+    fleet.cli("market", "set", "--btc-usd", "10000", "--difficulty", "144.4e12",
+              "--fees-btc-per-block", "0")
+    try:
+        plan = json.loads(fleet.cli("planner", "run", site, "--json").stdout)
+        assert [g["units_hashing"] for g in plan["directive"]["asic_groups"]] == [0], plan
+        report = wait_for("the agent to sleep every miner and report it",
+                          reported(plan["id"]), timeout=120)
+        assert report["outcome"] == "applied", report
+        assert (report["miners_asleep"], report["miners_hashing"]) == (100, 0), report
+        assert report["meter_kw"] is not None and report["meter_kw"] < 10, report
+        assert states() == {"asleep"}
+        shown = fleet.cli("planner", "plans", site, "--limit", "1").stdout
+        assert "applied" in shown and "0/100" in shown, shown
+    finally:
+        # February 2026's market again (FACTS.md): mining pays at every demo site.
+        fleet.cli("market", "set", "--btc-usd", "68500", "--difficulty", "144.4e12",
+                  "--fees-btc-per-block", "0.02")
+    plan = json.loads(fleet.cli("planner", "run", site, "--json").stdout)
+    assert [g["units_hashing"] for g in plan["directive"]["asic_groups"]] == [100], plan
+    # Two waves 30 s apart, each ramping up for two minutes (FACTS.md's S21).
+    report = wait_for("the agent to wake every miner and report it", reported(plan["id"]),
+                      timeout=300)
+    assert report["outcome"] == "applied" and report["miners_hashing"] == 100, report
+    assert states() == {"hashing"}
+
+    # Broken asks are refused with the control plane's reason.
+    bad = fleet.cli("planner", "run", "atlantis", check=False)
+    assert bad.returncode != 0 and "atlantis" in bad.stderr, bad.stderr
+    wrong = fleet.data_dir / "wrong-site.toml"
+    wrong.write_text('name = "georgia-1"\ninterconnect_kw = 100.0\n')
+    bad = fleet.cli("planner", "model", "set", site, "--file", str(wrong), check=False)
+    assert bad.returncode != 0 and "name" in bad.stderr, bad.stderr
+    bad = fleet.cli("planner", "plans", site, "--limit", "0", check=False)
+    assert bad.returncode != 0 and "limit" in bad.stderr, bad.stderr

@@ -8,6 +8,7 @@ use wattmesh_proto::agent::{
 };
 use wattmesh_proto::api::ApiError;
 use wattmesh_proto::energy::DrAcks;
+use wattmesh_proto::plan::PlanReport;
 
 /// How an agent call can fail, as far as the agent's behaviour differs.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,23 @@ impl ControlClient {
             .map_err(|()| CallError::Failed("the control plane's URL cannot take a path".into()))?
             .extend([event_id, "acks"]);
         let r = self.http.post(url).bearer_auth(token).json(acks);
+        self.send(r, Duration::from_secs(10)).await.map(drop)
+    }
+
+    /// Tells the control plane how applying plan `plan_id` went. `Ok` on its 204;
+    /// [`CallError::NotFound`] when the plan is unknown or not this site's.
+    pub async fn plan_report(
+        &self,
+        token: &str,
+        plan_id: &str,
+        report: &PlanReport,
+    ) -> Result<(), CallError> {
+        let mut url = reqwest::Url::parse(&self.url("/plans"))
+            .map_err(|e| CallError::Failed(format!("the control plane's URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| CallError::Failed("the control plane's URL cannot take a path".into()))?
+            .extend([plan_id, "report"]);
+        let r = self.http.post(url).bearer_auth(token).json(report);
         self.send(r, Duration::from_secs(10)).await.map(drop)
     }
 

@@ -125,6 +125,7 @@ pub async fn run_with<L: ReplicaLauncher>(
         version: 0,
         replicas: Vec::new(),
         dr: None,
+        plan: None,
     });
     if !last.replicas.is_empty() {
         tracing::info!(site = %config.site, version = last.version, "resuming the last desired state");
@@ -149,6 +150,7 @@ pub async fn run_with<L: ReplicaLauncher>(
                 client.clone(),
                 token_rx,
                 state.clone(),
+                samples_rx.clone(),
                 background.clone(),
             );
             tasks.spawn(executor.run(desired_tx.subscribe()));

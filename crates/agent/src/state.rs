@@ -170,6 +170,19 @@ mod tests {
                 ends_at_ms: 2,
                 shed_inference: false,
             }),
+            plan: Some(wattmesh_proto::plan::PlanDirective {
+                plan_id: "plan-1".into(),
+                starts_at_ms: 1,
+                ends_at_ms: 2,
+                asic_groups: vec![wattmesh_proto::plan::AsicTarget {
+                    name: "Antminer S21".into(),
+                    units: 3,
+                    units_hashing: 2,
+                    watts_per_unit: 3_000.0,
+                }],
+                gpu_groups: vec![],
+                expected_meter_kw: 7.5,
+            }),
         };
         dir.save_desired(&state).unwrap();
         assert_eq!(dir.load_desired(), Some(state));

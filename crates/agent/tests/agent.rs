@@ -346,6 +346,7 @@ fn desired(version: u64, replicas: Vec<ReplicaAssignment>) -> DesiredState {
         version,
         replicas,
         dr: None,
+        plan: None,
     }
 }
 

@@ -3,7 +3,8 @@
 //! takes well under a second, and a simulated meter that the test keeps on the miners' draw.
 //! What the heartbeats say of the meter and the miners, and how DR events are executed on the
 //! miners: slept, acknowledged, held, woken at the end, on cancellation, not before the start,
-//! and after an agent that was down through the end comes back.
+//! and after an agent that was down through the end comes back; and how the live power plan is
+//! applied (miners slept, woken, set to its power target), confirmed and reported.
 
 // Helpers outside `#[test]` fns panic on setup failures too; that is what a test wants.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,6 +33,7 @@ use wattmesh_proto::agent::{
     DesiredState, Heartbeat, HeartbeatAck, RegisterRequest, RegisterResponse, WatchQuery,
 };
 use wattmesh_proto::energy::{DrAcks, DrDirective, PowerSample};
+use wattmesh_proto::plan::{AsicTarget, PlanDirective, PlanOutcome, PlanReport};
 
 const BOOTSTRAP: &str = "bootstrap-secret";
 /// Every wait in these tests gives up after this long; none is expected to come near it.
@@ -57,6 +59,8 @@ struct Recorded {
     samples: Vec<PowerSample>,
     /// Every acknowledgement post: the event id of its path and its body.
     acks: Vec<(String, DrAcks)>,
+    /// Every plan report: the plan id of its path and its body.
+    reports: Vec<(String, PlanReport)>,
 }
 
 #[derive(Clone)]
@@ -86,6 +90,7 @@ impl RunningControl {
             .route("/api/v1/agent/heartbeat", post(heartbeat))
             .route("/api/v1/agent/desired", get(desired_state))
             .route("/api/v1/agent/dr-events/{id}/acks", post(dr_acks))
+            .route("/api/v1/agent/plans/{id}/report", post(plan_report))
             .with_state(fake.clone());
         let down = fake.down.clone();
         let server = tokio::spawn(async move {
@@ -103,6 +108,25 @@ impl RunningControl {
             d.version += 1;
             d.dr = dr;
         });
+    }
+
+    /// Sets the site's power plan (a new desired-state version).
+    fn set_plan(&self, plan: Option<PlanDirective>) {
+        self.fake.desired.send_modify(|d| {
+            d.version += 1;
+            d.plan = plan;
+        });
+    }
+
+    /// The report of plan `id`, once it came.
+    fn report(&self, id: &str) -> Option<PlanReport> {
+        self.recorded(|r| {
+            r.reports
+                .iter()
+                .rev()
+                .find(|(p, _)| p == id)
+                .map(|(_, r)| r.clone())
+        })
     }
 
     fn recorded<T>(&self, f: impl FnOnce(&Recorded) -> T) -> T {
@@ -199,6 +223,19 @@ async fn dr_acks(
         return unauthorized();
     }
     fake.recorded.lock().unwrap().acks.push((id, acks));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn plan_report(
+    State(fake): State<FakeControl>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(report): Json<PlanReport>,
+) -> Response {
+    if !agent_ok(&fake, &headers) {
+        return unauthorized();
+    }
+    fake.recorded.lock().unwrap().reports.push((id, report));
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -345,6 +382,26 @@ fn desired(dr: Option<DrDirective>) -> DesiredState {
         version: 1,
         replicas: Vec::new(),
         dr,
+        plan: None,
+    }
+}
+
+/// A plan for the 20 miners: the first `hashing` at `watts` each, the rest asleep; in force
+/// for the next quarter hour.
+fn plan(id: &str, units: u32, hashing: u32, watts: f64) -> PlanDirective {
+    let now = now_ms();
+    PlanDirective {
+        plan_id: id.into(),
+        starts_at_ms: now - 1_000,
+        ends_at_ms: now + 900_000,
+        asic_groups: vec![AsicTarget {
+            name: "Antminer S21".into(),
+            units,
+            units_hashing: hashing,
+            watts_per_unit: watts,
+        }],
+        gpu_groups: vec![],
+        expected_meter_kw: 40.0,
     }
 }
 
@@ -659,4 +716,122 @@ async fn bad_fleet_options_are_refused_at_the_start() {
         .unwrap_err();
     assert!(matches!(err, AgentError::BadPowerConfig { .. }), "{err}");
     assert!(err.to_string().contains("parallelism"), "{err}");
+}
+
+#[tokio::test]
+async fn a_plan_sleeps_some_miners_sets_the_others_to_its_target_and_reports_it() {
+    let (site, control, _agent, running) = start_all(None).await;
+    control.set_plan(Some(plan("plan-1", 20, 12, 3_000.0)));
+    let report = eventually("the plan's report", || control.report("plan-1")).await;
+    assert_eq!(report.outcome, PlanOutcome::Applied, "{report:?}");
+    assert_eq!(
+        (
+            report.miners_hashing,
+            report.miners_asleep,
+            report.miners_unconfirmed
+        ),
+        (12, 8, 0)
+    );
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert!(report.meter_kw.is_some(), "{report:?}");
+    let addrs = site.fleet.addrs().to_vec();
+    for unit in site.fleet.units() {
+        let i = addrs.iter().position(|a| *a == unit.addr).unwrap();
+        if i < 12 {
+            assert_eq!(unit.phase, Phase::Hashing, "unit {i}");
+            assert!(
+                unit.watts <= 3_000.0 * 1.05,
+                "unit {i} draws {} W",
+                unit.watts
+            );
+            assert_ne!(unit.profile, "default", "unit {i}");
+        } else {
+            assert_eq!(unit.phase, Phase::Asleep, "unit {i}");
+        }
+    }
+
+    // The same targets again under a new plan: nothing is commanded, and it is confirmed.
+    let before: Vec<(usize, String)> = site
+        .fleet
+        .units()
+        .iter()
+        .map(|u| (u.curtails.len(), u.profile.clone()))
+        .collect();
+    control.set_plan(Some(plan("plan-2", 20, 12, 3_000.0)));
+    let again = eventually("the second plan's report", || control.report("plan-2")).await;
+    assert_eq!(again.outcome, PlanOutcome::Applied, "{again:?}");
+    assert_eq!((again.miners_hashing, again.miners_asleep), (12, 8));
+    let after: Vec<(usize, String)> = site
+        .fleet
+        .units()
+        .iter()
+        .map(|u| (u.curtails.len(), u.profile.clone()))
+        .collect();
+    assert_eq!(before, after, "a repeated plan sent no command");
+
+    // Every miner hashing again: the sleepers are woken.
+    control.set_plan(Some(plan("plan-3", 20, 20, 3_500.0)));
+    let all = eventually("the third plan's report", || control.report("plan-3")).await;
+    assert_eq!(
+        (all.outcome, all.miners_hashing),
+        (PlanOutcome::Applied, 20),
+        "{all:?}"
+    );
+    // Woken at their target, they finish ramping up by themselves.
+    eventually("every miner hashing", || {
+        site.all(Phase::Hashing).then_some(())
+    })
+    .await;
+
+    running.stop().await;
+    control.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_plan_for_other_miners_is_reported_failed_and_not_applied() {
+    let (site, control, _agent, running) = start_all(None).await;
+    control.set_plan(Some(plan("plan-x", 30, 0, 0.0)));
+    let report = eventually("the plan's report", || control.report("plan-x")).await;
+    assert_eq!(report.outcome, PlanOutcome::Failed, "{report:?}");
+    assert!(report.problems[0].contains("30 miners"), "{report:?}");
+    assert_eq!(report.miners_unconfirmed, 30);
+    assert!(site.all(Phase::Hashing), "nothing was slept");
+    assert!(site.fleet.units().iter().all(|u| u.curtails.is_empty()));
+
+    running.stop().await;
+    control.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_dr_event_comes_first_and_the_plan_is_applied_after_it() {
+    let (site, control, _agent, running) = start_all(None).await;
+    let start = now_ms();
+    control.set_dr(Some(directive("dr-1", start, start + 2_000)));
+    eventually("every miner asleep", || {
+        site.all(Phase::Asleep).then_some(())
+    })
+    .await;
+    control.set_plan(Some(plan("plan-after", 20, 5, 3_000.0)));
+    // Not applied while the event holds the miners...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        control.report("plan-after").is_none(),
+        "applied during the event"
+    );
+    assert!(site.all(Phase::Asleep));
+    // ...then applied once it ended: only the plan's five are woken.
+    let report = eventually("the plan's report", || control.report("plan-after")).await;
+    assert!(now_ms() >= start + 2_000);
+    assert_eq!(report.outcome, PlanOutcome::Applied, "{report:?}");
+    assert_eq!((report.miners_hashing, report.miners_asleep), (5, 15));
+    let hashing = site
+        .fleet
+        .units()
+        .iter()
+        .filter(|u| matches!(u.phase, Phase::Hashing | Phase::RampingUp))
+        .count();
+    assert_eq!(hashing, 5);
+
+    running.stop().await;
+    control.shut_down().await;
 }

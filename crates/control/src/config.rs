@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wattmesh_domain::market::IntervalLength;
+
 /// How long a site may go without a heartbeat before it counts as not ready.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -13,6 +15,8 @@ pub struct ControlConfig {
     /// A site whose last heartbeat is older is not ready: nothing new is placed there, its
     /// replicas show as `lost` and leave the gateway's routes.
     pub heartbeat_timeout: Duration,
+    /// The live planner plans each site with a power model at the start of every interval.
+    pub plan_interval: IntervalLength,
 }
 
 impl ControlConfig {
@@ -20,6 +24,7 @@ impl ControlConfig {
         Self {
             data_dir: data_dir.into(),
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            plan_interval: IntervalLength::FifteenMinutes,
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - `plan.rs`: pure — store rows in, `wattmesh_domain::place` called, the replica diff out.
 //! - `views.rs`: pure — store rows to API, desired-state and gateway-config shapes.
 //! - `invoice.rs`: pure — a month's usage and replica time to an invoice.
+//! - `planning.rs`: the live planner's driver: each site with a power model planned every
+//!   interval (`wattmesh_domain::planner::live`), the plan stored for its agent.
 //! - `accrual.rs`: the task that charges dedicated deployments their replica time.
 //! - `reconciler.rs`: the thin driver: snapshot, plan, apply, publish versioned watch state.
 //! - `extract.rs`: JSON/query extractors with JSON errors, admin and agent authentication.
@@ -28,6 +30,7 @@ mod invoice;
 mod liveness;
 mod openapi;
 mod plan;
+mod planning;
 mod reconciler;
 mod routes;
 mod secrets;

@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use wattmesh_proto::{agent, api, billing, energy, gateway, pnl, usage};
+use wattmesh_proto::{agent, api, billing, energy, gateway, plan, pnl, usage};
 
 use crate::routes;
 
@@ -34,6 +34,8 @@ use crate::routes;
         routes::create_dr_event, routes::list_dr_events, routes::get_dr_event,
         routes::cancel_dr_event,
         routes::set_market, routes::list_market, routes::set_dr_terms, routes::pnl_report,
+        routes::set_power_model, routes::get_power_model, routes::plan_now, routes::list_plans,
+        routes::plan_report,
         routes::register, routes::heartbeat, routes::desired, routes::dr_acks,
         routes::gateway_config, routes::lease, routes::ingest_usage,
     ),
@@ -56,6 +58,8 @@ use crate::routes;
         energy::DrAcks, energy::MinerAck,
         pnl::MarketSpec, pnl::MarketSnapshot, pnl::DrTerms, pnl::PnlLine, pnl::Metering,
         pnl::SitePnl, pnl::Treasury, pnl::TreasuryRow, pnl::PnlReport,
+        plan::PowerModel, plan::PowerPlan, plan::PlanDirective, plan::AsicTarget, plan::GpuTarget,
+        plan::PlanOutcome, plan::PlanReport,
         gateway::GatewayConfig, gateway::GatewayKey, gateway::GatewayTenant,
         gateway::GatewayPrice, gateway::ModelRoute, gateway::RouteReplica,
     )),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use wattmesh_proto::agent::{DesiredState, ReplicaAssignment, ReplicaReport};
 use wattmesh_proto::energy::DrDirective;
 use wattmesh_proto::gateway::GatewayConfig;
+use wattmesh_proto::plan::PlanDirective;
 use wattmesh_store::{NewReplica, Store, StoreError};
 
 use crate::liveness::Liveness;
@@ -45,15 +46,23 @@ impl Published {
             version: 0,
             replicas: Vec::new(),
             dr: None,
+            plan: None,
         })
     }
 }
+
+/// What a site's desired state holds besides its version.
+type SiteContent = (
+    Vec<ReplicaAssignment>,
+    Option<DrDirective>,
+    Option<PlanDirective>,
+);
 
 /// What a step remembers from the last one: versions and the content they stood for.
 #[derive(Debug, Default)]
 struct StepState {
     versions: BTreeMap<String, u64>,
-    last_sites: BTreeMap<String, (Vec<ReplicaAssignment>, Option<DrDirective>)>,
+    last_sites: BTreeMap<String, SiteContent>,
     last_gateway: Option<GatewayConfig>,
 }
 
@@ -169,6 +178,13 @@ impl Reconciler {
         let now_ms = crate::clock::now_ms();
         let open_events = store.open_dr_events(now_ms).await?;
         let mut directives = views::dr_directives(&open_events);
+        // Plans come into force with time too.
+        let mut plans: BTreeMap<String, PlanDirective> = store
+            .current_power_plans(now_ms)
+            .await?
+            .into_iter()
+            .map(|p| (p.site, p.directive))
+            .collect();
         let gateway = views::gateway_config(&views::GatewayInputs {
             keys: &store.list_api_keys().await?,
             tenants: &store.list_tenants().await?,
@@ -194,20 +210,21 @@ impl Reconciler {
         let mut changed = self.published.borrow().unschedulable != next.unschedulable;
         for (site, assigned) in by_site {
             let scope = site_scope(&site);
-            let content = (assigned, directives.remove(&site));
+            let content = (assigned, directives.remove(&site), plans.remove(&site));
             if state.last_sites.get(&site) != Some(&content) {
                 self.bump(&mut state, &scope).await?;
                 state.last_sites.insert(site.clone(), content.clone());
                 changed = true;
             }
             let version = state.versions.get(&scope).copied().unwrap_or(0);
-            let (replicas, dr) = content;
+            let (replicas, dr, plan) = content;
             next.desired.insert(
                 site,
                 DesiredState {
                     version,
                     replicas,
                     dr,
+                    plan,
                 },
             );
         }

@@ -9,6 +9,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wattmesh_domain::market::IntervalLength;
 use wattmesh_store::{SqliteStore, Store};
 
 use crate::liveness::Liveness;
@@ -38,6 +39,8 @@ pub(crate) struct AppState {
     /// Cancelled when the service stops, so long-polls answer at once instead of holding
     /// the graceful shutdown for up to [`MAX_WATCH`].
     pub stop: CancellationToken,
+    /// The live planner's interval.
+    pub plan_interval: IntervalLength,
 }
 
 /// An opened control plane, ready to serve.
@@ -85,6 +88,7 @@ pub async fn open(config: ControlConfig) -> Result<Control, ControlError> {
         admin_sha256: admin.into(),
         bootstrap_sha256: bootstrap.into(),
         stop: CancellationToken::new(),
+        plan_interval: config.plan_interval,
     };
     Ok(Control { state })
 }
@@ -139,6 +143,12 @@ impl Control {
         tasks.spawn(crate::accrual::run(
             self.state.store.clone(),
             self.state.reconciler.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(crate::planning::run(
+            self.state.store.clone(),
+            self.state.reconciler.clone(),
+            self.state.plan_interval,
             stop.clone(),
         ));
         let served = axum::serve(listener, self.router())

@@ -19,8 +19,10 @@ use futures::stream::{self, StreamExt};
 use tokio::time::{Instant, sleep_until};
 
 mod hold;
+mod power;
 
 pub use hold::{HoldMiner, HoldReport, hold_asleep};
+pub use power::{PowerMinerReport, PowerReport, choose_profile, set_power};
 
 use crate::client::{MinerClient, MinerError};
 use crate::luxos::{Curtail, with_session};
@@ -51,7 +53,9 @@ impl Default for FleetOptions {
         FleetOptions {
             parallelism: 64,
             timeout: Duration::from_secs(5),
-            confirm_within: Duration::from_secs(60),
+            // Longer than the slowest ramp of FACTS.md's table (an S21 takes 120 s from asleep
+            // to hashing at nominal), so a wake is never judged before the miner could finish it.
+            confirm_within: Duration::from_secs(180),
             poll_every: Duration::from_secs(1),
             asleep_max_w: 50.0,
             idle_max_ths: 0.5,
@@ -93,6 +97,9 @@ impl FleetOptions {
 pub enum FleetError {
     #[error("fleet options: {0}")]
     BadOptions(String),
+    /// A power target ([`set_power`]) that is not a finite number of watts above zero.
+    #[error("power target {0} W: must be finite and above zero")]
+    BadTarget(f64),
 }
 
 /// What went wrong with one miner.

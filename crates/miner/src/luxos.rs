@@ -1,5 +1,5 @@
-//! LuxOS's privileged commands over [`MinerClient`]: `logon`/`logoff` sessions, `curtail`
-//! sleep and wakeup, `profileset`.
+//! LuxOS's commands over [`MinerClient`]: `logon`/`logoff` sessions, `curtail` sleep and
+//! wakeup, `profiles` and `profileset`.
 //!
 //! LuxOS lets one session at a time change a miner; a second `logon` is refused with code 402.
 //! We never borrow someone else's session (asic-rs reuses any session id it finds): a held
@@ -9,7 +9,9 @@
 
 use std::fmt;
 
-use crate::api;
+use serde_json::Value;
+
+use crate::api::{self, ApiError, Reply};
 use crate::client::{MinerClient, MinerError};
 
 /// A LuxOS session id, as `logon` returned it.
@@ -62,6 +64,52 @@ impl Curtail {
     }
 }
 
+/// One of a miner's built-in power profiles, as `profiles` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// What `profileset` takes.
+    pub name: String,
+    /// The draw the miner settles at on this profile, W.
+    pub watts: f64,
+}
+
+/// Reads a `profiles` reply: `PROFILES`, one entry per profile with `Profile Name` and
+/// `Watts`. Every entry must be readable: a planner choosing a power step from a partial list
+/// could pick one the miner does not have, or miss the one it wants.
+pub fn parse_profiles(reply: &Reply) -> Result<Vec<Profile>, ApiError> {
+    let malformed = |what: String| ApiError::Malformed(format!("PROFILES: {what}"));
+    let entries = reply
+        .sections
+        .get("PROFILES")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed("no list".into()))?;
+    if entries.is_empty() {
+        return Err(malformed("no profile".into()));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let entry = entry
+                .as_object()
+                .ok_or_else(|| malformed(format!("entry {i} is not an object")))?;
+            let name = entry
+                .get("Profile Name")
+                .and_then(Value::as_str)
+                .filter(|name| !name.is_empty())
+                .ok_or_else(|| malformed(format!("entry {i} has no Profile Name")))?;
+            // `number` parses strings, and "NaN" or "inf" would parse: refuse them here.
+            let watts = api::number(entry, "Watts")
+                .filter(|w| w.is_finite() && *w >= 0.0)
+                .ok_or_else(|| malformed(format!("profile {name:?} has no usable Watts")))?;
+            Ok(Profile {
+                name: name.to_owned(),
+                watts,
+            })
+        })
+        .collect()
+}
+
 // === impl MinerClient: LuxOS ===
 
 impl MinerClient {
@@ -107,6 +155,13 @@ impl MinerClient {
         Ok(())
     }
 
+    /// `profiles`: the miner's built-in power profiles, in the miner's order. A reply without
+    /// a readable list of them is [`MinerError::Api`] (malformed).
+    pub async fn profiles(&self) -> Result<Vec<Profile>, MinerError> {
+        let reply = self.call_one("profiles", None).await?;
+        parse_profiles(&reply).map_err(|e| self.api_error(e))
+    }
+
     /// Switches the miner to the built-in profile `profile` (a power/frequency step).
     pub async fn profileset(&self, session: &SessionId, profile: &str) -> Result<(), MinerError> {
         if profile.is_empty() || profile.contains(',') {
@@ -144,5 +199,58 @@ pub async fn with_session<T>(
             tracing::warn!(miner = %client.addr, error = %logoff, "logoff failed after an error");
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, json};
+
+    use super::*;
+
+    fn reply(profiles: Value) -> Reply {
+        let mut sections = Map::new();
+        sections.insert("PROFILES".into(), profiles);
+        Reply::ok(301, "Profiles", 0, sections)
+    }
+
+    #[test]
+    fn profiles_are_read_or_refused_as_malformed() {
+        let good = reply(json!([
+            {"Profile Name": "-1", "Watts": 2916, "Hashrate": 135.6},
+            {"Profile Name": "default", "Watts": "3010"},
+        ]));
+        assert_eq!(
+            parse_profiles(&good).unwrap(),
+            [
+                Profile {
+                    name: "-1".into(),
+                    watts: 2916.0
+                },
+                Profile {
+                    name: "default".into(),
+                    watts: 3010.0
+                },
+            ]
+        );
+        let bad = [
+            json!([]),
+            json!({"Profile Name": "default", "Watts": 3010}),
+            json!(["default"]),
+            json!([{"Watts": 3010}]),
+            json!([{"Profile Name": "", "Watts": 3010}]),
+            json!([{"Profile Name": "default"}]),
+            json!([{"Profile Name": "default", "Watts": "NaN"}]),
+            json!([{"Profile Name": "default", "Watts": -1}]),
+            json!([{"Profile Name": "default", "Watts": 3010}, {"Profile Name": "+1"}]),
+        ];
+        for profiles in bad {
+            let result = parse_profiles(&reply(profiles.clone()));
+            assert!(
+                matches!(result, Err(ApiError::Malformed(_))),
+                "{profiles}: {result:?}"
+            );
+        }
+        assert!(parse_profiles(&Reply::ok(301, "Profiles", 0, Map::new())).is_err());
     }
 }

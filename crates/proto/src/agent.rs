@@ -7,6 +7,8 @@
 //!    site's desired state has a version other than `V` (or `S` seconds pass), then returns it.
 //! 4. `POST /api/v1/agent/dr-events/{id}/acks` with the agent token: how the site's miners
 //!    answered a demand-response event (see `energy`).
+//! 5. `POST /api/v1/agent/plans/{id}/report` with the agent token: how applying the site's
+//!    power plan went (see `plan`).
 //!
 //! The agent keeps its last desired state when the control plane is unreachable (static
 //! stability) and converges its replicas to it.
@@ -18,6 +20,7 @@ use wattmesh_domain::ModelKind;
 
 use crate::api::ReplicaState;
 use crate::energy::{DrDirective, PowerSample};
+use crate::plan::PlanDirective;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +89,9 @@ pub struct DesiredState {
     /// The site's current or next demand-response event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dr: Option<DrDirective>,
+    /// The site's power plan for the current interval, when it has a power model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanDirective>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

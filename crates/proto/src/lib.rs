@@ -8,6 +8,7 @@
 //! - [`usage`]: what gateways send back: usage events and credit leases.
 //! - [`billing`]: the operator's price book, ledgers and usage reports.
 //! - [`energy`]: site power samples and demand-response events.
+//! - [`plan`]: sites' power models, the live power plan and what agents report of it.
 //! - [`pnl`]: Bitcoin market snapshots, DR event terms, the P&L per site and fleet.
 //!
 //! Only data lives here: no I/O, no behaviour beyond constructors and validation helpers, so
@@ -19,5 +20,6 @@ pub mod billing;
 pub mod energy;
 pub mod gateway;
 pub mod openai;
+pub mod plan;
 pub mod pnl;
 pub mod usage;

@@ -361,3 +361,24 @@ pub struct DrTermsRecord {
     pub pay_usd_per_mwh: Option<Decimal>,
     pub peak_charge_usd_per_kw: Option<Decimal>,
 }
+
+/// A site's power model as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PowerModelRecord {
+    pub site: String,
+    pub spec: wattmesh_domain::planner::SiteSpec,
+    pub updated_at_ms: i64,
+}
+
+/// One plan made for a site and interval, with its agent's report once it came.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PowerPlanRecord {
+    pub id: String,
+    pub site: String,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub created_at_ms: i64,
+    pub interval: wattmesh_domain::planner::IntervalPlan,
+    pub directive: wattmesh_proto::plan::PlanDirective,
+    pub report: Option<wattmesh_proto::plan::PlanReport>,
+}

@@ -5,18 +5,20 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
+use wattmesh_domain::planner::SiteSpec as PowerSiteSpec;
 use wattmesh_domain::pricing::LeaseView;
 use wattmesh_proto::api::{DeploymentSpec, Limits, Model, NodeSpec, Region, SiteSpec, TenantSpec};
 use wattmesh_proto::billing::{DedicatedPrice, LedgerEntry, Price};
 use wattmesh_proto::energy::{MinerAck, PowerSample};
+use wattmesh_proto::plan::PlanReport;
 use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::StoreError;
 use crate::records::{
     AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, DrTermsRecord, GatewayRecord,
     MarketRecord, NewApiKey, NewDedicatedPrice, NewDrEvent, NewMarketSnapshot, NewPrice,
-    NewReplica, NodeRecord, RatedEvent, ReplicaRecord, ReplicaSeconds, SiteHeartbeat, SiteRecord,
-    TenantRecord, UsageQuery, UsageTotal,
+    NewReplica, NodeRecord, PowerModelRecord, PowerPlanRecord, RatedEvent, ReplicaRecord,
+    ReplicaSeconds, SiteHeartbeat, SiteRecord, TenantRecord, UsageQuery, UsageTotal,
 };
 
 /// Everything the control plane persists. Creating an object that exists is
@@ -215,6 +217,34 @@ pub trait Store: Send + Sync + 'static {
     async fn set_dr_terms(&self, terms: &DrTermsRecord) -> Result<DrTermsRecord, StoreError>;
     /// The terms of every event (of one site, if given) that has some, by event id.
     async fn dr_terms(&self, site: Option<&str>) -> Result<Vec<DrTermsRecord>, StoreError>;
+
+    // --- the live power plan ---
+    /// Sets (or replaces) a site's power model. `NotFound` for an unknown site.
+    async fn set_power_model(
+        &self,
+        site: &str,
+        spec: &PowerSiteSpec,
+        at_ms: i64,
+    ) -> Result<PowerModelRecord, StoreError>;
+    /// `NotFound` for an unknown site or a site without a model.
+    async fn power_model(&self, site: &str) -> Result<PowerModelRecord, StoreError>;
+    /// Every site's power model, by site.
+    async fn list_power_models(&self) -> Result<Vec<PowerModelRecord>, StoreError>;
+    /// Stores a new plan. `NotFound` for an unknown site; `Conflict` for a known id.
+    async fn add_power_plan(&self, plan: &PowerPlanRecord) -> Result<(), StoreError>;
+    /// Sets (or replaces) the agent's report of plan `id`. `NotFound` unless the plan exists
+    /// and is `site`'s.
+    async fn report_power_plan(
+        &self,
+        id: &str,
+        site: &str,
+        report: &PlanReport,
+    ) -> Result<(), StoreError>;
+    /// A site's newest plans first, at most `limit`.
+    async fn power_plans(&self, site: &str, limit: u32)
+    -> Result<Vec<PowerPlanRecord>, StoreError>;
+    /// Each site's newest plan whose interval contains `now_ms`: what agents are told.
+    async fn current_power_plans(&self, now_ms: i64) -> Result<Vec<PowerPlanRecord>, StoreError>;
 
     // --- the control plane's own secrets and watch versions ---
     async fn secret(&self, name: &str) -> Result<Option<String>, StoreError>;

@@ -59,7 +59,8 @@ pub enum Command {
     /// Manage deployments.
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
-    /// The power planner offline: backtests over price series.
+    /// The power planner: each site's power model and live plan, and backtests over price
+    /// series offline.
     #[command(subcommand)]
     Planner(PlannerCommand),
     /// Miners on their own protocol (CGMiner API, LuxOS): status, sleep, wake, a simulator.
@@ -236,8 +237,9 @@ pub struct MinerStatusArgs {
 pub struct MinerOpArgs {
     #[command(flatten)]
     pub target: MinerTargets,
-    /// Seconds a miner has, after acknowledging, to show the new state in its telemetry.
-    #[arg(long, default_value_t = 60.0)]
+    /// Seconds a miner has, after acknowledging, to show the new state in its telemetry
+    /// (longer than its ramp: an S21 takes 120 s from asleep to hashing).
+    #[arg(long, default_value_t = 180.0)]
     pub confirm_within_s: f64,
     /// Miners woken together (wake only).
     #[arg(long, default_value_t = 50)]
@@ -282,6 +284,52 @@ pub enum PlannerCommand {
     /// Write a synthetic electricity price series (CSV on stdout), shaped to ERCOT's
     /// statistics: a lognormal base, negative nights, spikes up to the $5,000 cap.
     Prices(PricesArgs),
+    /// A site's power model (the same site file `backtest` reads): set or show it. The control
+    /// plane plans every site with a model at the start of each interval.
+    #[command(subcommand)]
+    Model(PlannerModelCommand),
+    /// Plan a site now, for the interval at hand; its agent applies the plan.
+    Run {
+        site: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// A site's plans, newest first, with what its agent confirmed of each.
+    Plans {
+        site: String,
+        /// How many (1–1000).
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlannerModelCommand {
+    /// Set (or replace) a site's power model from a site file (TOML; its `name` must be the
+    /// site's).
+    Set {
+        site: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Show a site's power model.
+    Show {
+        site: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -362,6 +410,10 @@ pub struct UpArgs {
     /// meter; 0 for none.
     #[arg(long, default_value_t = 100)]
     pub miners_per_site: u32,
+    /// Length of the live planner's interval, minutes: 5 or 15 (the markets' settlement
+    /// intervals). Each site with a power model is planned at the start of every interval.
+    #[arg(long, default_value_t = 15)]
+    pub plan_interval_minutes: u32,
 }
 
 #[derive(Debug, Args)]
@@ -372,6 +424,10 @@ pub struct ControlArgs {
     pub data_dir: PathBuf,
     #[arg(long, default_value_t = 10)]
     pub heartbeat_timeout_s: u64,
+    /// Length of the live planner's interval, minutes: 5 or 15 (the markets' settlement
+    /// intervals). Each site with a power model is planned at the start of every interval.
+    #[arg(long, default_value_t = 15)]
+    pub plan_interval_minutes: u32,
 }
 
 #[derive(Debug, Args)]

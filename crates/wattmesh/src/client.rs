@@ -11,6 +11,7 @@ use wattmesh_proto::api::{API_PREFIX, ApiError};
 
 use crate::cli::ControlTarget;
 
+#[derive(Clone)]
 pub struct ControlClient {
     http: reqwest::Client,
     base: String,

@@ -1,6 +1,7 @@
 //! `wattmesh up`: the whole network on one machine — control plane, gateway and three
 //! simulated sites, each with its own agent — wired over loopback HTTP exactly as they talk
-//! across the WAN. First start fetches the default models and seeds a demo fleet; later starts
+//! across the WAN. First start fetches the default models and seeds a demo fleet (each site with
+//! simulated miners, a meter and a power model the planner plans every interval); later starts
 //! keep the state in the data directory.
 
 use std::time::Duration;
@@ -8,11 +9,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use wattmesh_agent::Catalog;
+use wattmesh_domain::market::NetworkSpec;
+use wattmesh_domain::planner::{AsicGroupSpec, SiteSpec as PowerSiteSpec};
 use wattmesh_proto::api::{
     ApiKey, ApiKeyCreated, ApiKeySpec, DeploymentSpec, FleetStatus, GatewayCreated, GatewaySpec,
-    Model, ReplicaState, Tenant, TenantSpec,
+    Model, ReplicaState, Site, Tenant, TenantSpec,
 };
 use wattmesh_proto::billing::{Price, PriceSpec};
+use wattmesh_proto::plan::{PowerModel, PowerPlan};
 
 use crate::cli::UpArgs;
 use crate::client::{ControlClient, Created, read_secret};
@@ -59,6 +63,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let control = wattmesh_control::open(wattmesh_control::ControlConfig {
         data_dir: args.data_dir.clone(),
         heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout_s),
+        plan_interval: crate::commands::plans::interval(args.plan_interval_minutes)?,
     })
     .await
     .context("opening the control plane")?;
@@ -174,6 +179,16 @@ pub async fn up(args: UpArgs) -> Result<()> {
         ),
     }
 
+    if args.miners_per_site > 0 {
+        let (client, shutdown) = (client.clone(), services.shutdown.clone());
+        let miners = args.miners_per_site;
+        services.tracker.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                () = seed_power_models(&client, miners) => {}
+            }
+        });
+    }
     let watch = report_readiness(client, services.shutdown.clone());
     services.tracker.spawn(watch);
     services.run_until_signal().await
@@ -282,6 +297,84 @@ async fn demo_key(client: &ControlClient) -> Result<DemoKey> {
     };
     let created: ApiKeyCreated = client.post("/keys", &spec).await?;
     Ok(DemoKey::New(created.secret))
+}
+
+/// Gives each demo site a power model of its simulated miners (unless one was set before) once
+/// its agent has registered it, and plans it at once, so its agent applies a plan from the
+/// start; the control plane plans it again at every interval.
+async fn seed_power_models(client: &ControlClient, miners: u32) {
+    for (site, _, _) in DEMO_SITES {
+        // The agent registers its site; until then there is nothing to set a model on.
+        while client.get::<Site>(&format!("/sites/{site}")).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if client
+            .get::<PowerModel>(&format!("/sites/{site}/power-model"))
+            .await
+            .is_err()
+        {
+            let spec = demo_power_model(site, miners);
+            if let Err(e) = client
+                .put::<_, PowerModel>(&format!("/sites/{site}/power-model"), &spec)
+                .await
+            {
+                eprintln!("cannot set the power model of {site}: {e:#}");
+                continue;
+            }
+        }
+        match client
+            .post::<_, PowerPlan>(&format!("/sites/{site}/plans"), &serde_json::json!({}))
+            .await
+        {
+            Ok(plan) => {
+                let hashing: u32 = plan
+                    .directive
+                    .asic_groups
+                    .iter()
+                    .map(|g| g.units_hashing)
+                    .sum();
+                println!(
+                    "planned {site}: {hashing} of {miners} miners hashing, {:.0} kW at the meter (wattmesh planner plans {site})",
+                    plan.directive.expected_meter_kw
+                );
+            }
+            Err(e) => eprintln!("cannot plan {site}: {e:#}"),
+        }
+    }
+}
+
+/// A demo site's power model: its simulated miners behind the simulated meter's PUE, an
+/// interconnect with room for all of them at their highest profile, and February 2026's
+/// Bitcoin market (FACTS.md) until `wattmesh market set` says otherwise.
+fn demo_power_model(site: &str, miners: u32) -> PowerSiteSpec {
+    let max_kw =
+        wattmesh_domain::mining::asic_model(SIM_MINER_MODEL).map_or(4.0, |m| m.max_w / 1_000.0);
+    PowerSiteSpec {
+        name: site.to_owned(),
+        interconnect_kw: (f64::from(miners) * max_kw * SIM_PUE).ceil() + 10.0,
+        pue: SIM_PUE,
+        utc_offset_hours: 0,
+        asic_groups: vec![AsicGroupSpec {
+            name: None,
+            model: SIM_MINER_MODEL.to_owned(),
+            units: miners,
+            ramp_up_s: None,
+            hosting_usd_per_mwh: None,
+        }],
+        gpu_groups: Vec::new(),
+        inference: Default::default(),
+        demand: Default::default(),
+        bitcoin: Some(NetworkSpec {
+            btc_usd: 68_500.0,
+            difficulty: 144.4e12,
+            subsidy_btc: 3.125,
+            fees_btc_per_block: 0.02,
+        }),
+        coincident_peak: None,
+        dr_events: Vec::new(),
+        curve_segments: wattmesh_domain::planner::DEFAULT_CURVE_SEGMENTS,
+        baselines: Default::default(),
+    }
 }
 
 /// Prints replica readiness as it changes, so the first start (models loading) is visible.

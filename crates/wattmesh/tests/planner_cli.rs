@@ -175,3 +175,50 @@ fn broken_inputs_are_clear_errors() {
         assert!(!out.status.success(), "{args:?}");
     }
 }
+
+#[test]
+fn a_planning_interval_the_markets_do_not_use_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for minutes in ["7", "0", "60"] {
+        let out = wattmesh(&[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--plan-interval-minutes",
+            minutes,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{minutes}: {stderr}");
+        assert!(stderr.contains("5- or 15-minute"), "{minutes}: {stderr}");
+    }
+    assert!(!data.exists(), "nothing was created");
+}
+
+#[test]
+fn a_site_file_that_does_not_parse_is_refused_before_the_control_plane_is_called() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.toml");
+    std::fs::write(&file, "name = \"a\"\ninterconnect_kw = \"lots\"\n").unwrap();
+    // No control plane listens there: the file is refused first.
+    let out = wattmesh(&[
+        "planner",
+        "model",
+        "set",
+        "a",
+        "--file",
+        file.to_str().unwrap(),
+        "--control-url",
+        "http://127.0.0.1:9",
+        "--admin-token",
+        "x",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("site file") && stderr.contains("interconnect_kw"),
+        "{stderr}"
+    );
+}

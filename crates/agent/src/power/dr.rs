@@ -12,16 +12,22 @@
 //! The event being shed is marked in the state directory until its wake: an agent that was down
 //! when that event ended or was cancelled wakes the miners when it comes back.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wattmesh_miner::fleet::{self, FleetError, FleetOptions, FleetReport};
+use wattmesh_miner::MinerClient;
+use wattmesh_miner::fleet::{self, FleetError, FleetOptions, FleetReport, Telemetry};
 use wattmesh_proto::agent::DesiredState;
-use wattmesh_proto::energy::{DrAcks, DrDirective, MinerAck};
+use wattmesh_proto::energy::{DrAcks, DrDirective, MinerAck, PowerSample};
+use wattmesh_proto::plan::{PlanDirective, PlanReport};
 
+use super::plan::{self, Applied};
 use super::{PowerConfig, instant_at, ms_until, now_ms};
 use crate::client::{CallError, ControlClient};
 use crate::state::{Shedding, StateDir};
@@ -32,6 +38,8 @@ const RECHECK: Duration = Duration::from_secs(60);
 /// First pause before acknowledgements are posted again; doubles up to the max.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after applying a plan the executor waits for a sample to read the meter from.
+const FRESH_SAMPLE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Where a directive is at a wall-clock instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +110,11 @@ pub(crate) struct DrExecutor {
     /// The session's agent token, `None` while it has none the control plane accepts.
     token: watch::Receiver<Option<String>>,
     state: StateDir,
+    /// The sampler's newest sample: the meter after a plan is applied.
+    samples: watch::Receiver<Option<PowerSample>>,
+    /// Each miner's power target (W) as last confirmed by its own draw; forgotten when a
+    /// target was not confirmed, so it is set again. Never held across an await.
+    targets: std::sync::Mutex<HashMap<SocketAddr, f64>>,
     shutdown: CancellationToken,
 }
 
@@ -112,6 +125,7 @@ impl DrExecutor {
         client: ControlClient,
         token: watch::Receiver<Option<String>>,
         state: StateDir,
+        samples: watch::Receiver<Option<PowerSample>>,
         shutdown: CancellationToken,
     ) -> DrExecutor {
         DrExecutor {
@@ -121,6 +135,8 @@ impl DrExecutor {
             client,
             token,
             state,
+            samples,
+            targets: std::sync::Mutex::default(),
             shutdown,
         }
     }
@@ -133,6 +149,9 @@ impl DrExecutor {
         // The last event shed and woken from, with its end: never shed twice, even if the wall
         // clock says it is still on once its wake finished (an end moved later sheds again).
         let mut finished: Option<(String, i64)> = None;
+        // The last power plan applied; a DR event's shedding forgets it, so the plan in force
+        // is applied again once the event is over.
+        let mut applied: Option<String> = None;
         if let Some(marked) = self.state.load_shedding() {
             let dr = desired.borrow().dr.clone();
             let resumes = phase(dr.as_ref(), now_ms()) == Phase::During;
@@ -140,7 +159,8 @@ impl DrExecutor {
                 tracing::info!(site = %site, event = %marked.event_id, "the agent restarted during a DR event's shedding");
             } else {
                 tracing::info!(site = %site, event = %marked.event_id, "the agent was stopped during this DR event, which is no longer on; waking the miners");
-                if let Exit::Shutdown = self.wake(&marked.event_id).await {
+                let plan = desired.borrow().plan.clone();
+                if let Exit::Shutdown = self.wake(&marked.event_id, plan.as_ref()).await {
                     return;
                 }
             }
@@ -158,6 +178,17 @@ impl DrExecutor {
                     let key = (d.event_id.clone(), d.ends_at_ms);
                     match self.shed(d, &mut desired).await {
                         Exit::Done => finished = Some(key),
+                        Exit::Shutdown => return,
+                    }
+                    applied = None;
+                    continue;
+                }
+                (_, _) if pending_plan(&desired.borrow(), applied.as_deref()).is_some() => {
+                    let Some(p) = pending_plan(&desired.borrow(), applied.as_deref()) else {
+                        continue;
+                    };
+                    match self.apply_plan(&p).await {
+                        Exit::Done => applied = Some(p.plan_id),
                         Exit::Shutdown => return,
                     }
                     continue;
@@ -211,11 +242,13 @@ impl DrExecutor {
             }
             Stop::Gone(_) => {
                 tracing::info!(site = %site, event = %id, "DR event cancelled or replaced; waking the miners now");
-                self.wake(&id).await
+                let plan = desired.borrow().plan.clone();
+                self.wake(&id, plan.as_ref()).await
             }
             Stop::Ended => {
                 tracing::info!(site = %site, event = %id, "DR event over; waking the miners");
-                self.wake(&id).await
+                let plan = desired.borrow().plan.clone();
+                self.wake(&id, plan.as_ref()).await
             }
         }
     }
@@ -357,14 +390,21 @@ impl DrExecutor {
         }
     }
 
-    /// Wakes every miner in waves, then forgets the shedding marker.
-    async fn wake(&self, id: &str) -> Exit {
+    /// Wakes the miners in waves — those the power plan in force has hashing, or every one
+    /// without a plan (or with one whose interval is over: made for other conditions) — then
+    /// forgets the shedding marker.
+    async fn wake(&self, id: &str, plan: Option<&PlanDirective>) -> Exit {
         let site = &self.site;
+        let plan = plan.filter(|p| now_ms() < p.ends_at_ms);
+        let miners = match plan.map(|p| plan::assign(&self.miners, p)) {
+            Some(Ok(assignment)) => assignment.hashing(),
+            _ => self.miners.clone(),
+        };
         // Not raced against the desired state, for the same reason as the sleep; a new event
         // that started meanwhile is shed once the wake is done.
         let report = tokio::select! {
             _ = self.shutdown.cancelled() => return Exit::Shutdown,
-            r = fleet::wake(&self.miners, &self.opts) => r,
+            r = fleet::wake(&miners, &self.opts) => r,
         };
         match report {
             Ok(report) => {
@@ -392,6 +432,138 @@ impl DrExecutor {
         Exit::Done
     }
 
+    /// Applies power plan `p`: the miners it has asleep go to sleep, those it has hashing are
+    /// woken (in waves) and set to its power target; then reports what the miners' telemetry
+    /// and the meter confirmed. Like a DR sleep or wake, the operations run to the end (a DR
+    /// event that starts meanwhile is shed once they are done).
+    async fn apply_plan(&self, p: &PlanDirective) -> Exit {
+        let site = &self.site;
+        let mut applied = Applied::default();
+        match plan::assign(&self.miners, p) {
+            Err(why) => {
+                tracing::warn!(site = %site, plan = %p.plan_id, "cannot apply the power plan: {why}");
+                applied.refused = Some(why);
+            }
+            Ok(assignment) => {
+                let work = self.command_plan(&assignment, &mut applied);
+                let done = tokio::select! {
+                    _ = self.shutdown.cancelled() => return Exit::Shutdown,
+                    done = work => done,
+                };
+                if let Err(e) = done {
+                    tracing::error!(site = %site, plan = %p.plan_id, "cannot apply the power plan: {e}");
+                    applied.refused = Some(e.to_string());
+                }
+            }
+        }
+        let meter_kw = self.fresh_meter_kw().await;
+        let report = plan::report(p, &applied, meter_kw, now_ms());
+        tracing::info!(
+            site = %site, plan = %p.plan_id, outcome = ?report.outcome,
+            hashing = report.miners_hashing, asleep = report.miners_asleep,
+            unconfirmed = report.miners_unconfirmed, meter_kw = ?report.meter_kw,
+            "power plan applied"
+        );
+        // Posted beside the executor: a control plane away must not hold the miners' owner.
+        tokio::spawn(post_report(
+            self.client.clone(),
+            self.token.clone(),
+            p.clone(),
+            report,
+            self.shutdown.clone(),
+        ));
+        Exit::Done
+    }
+
+    /// Commands what `assignment` changes: miners already asleep, or hashing at the target
+    /// last confirmed for them, are left alone. Miners to wake get their target first, so
+    /// they ramp straight to it (a ramp from asleep takes minutes; their wake is what is
+    /// confirmed then).
+    async fn command_plan(
+        &self,
+        assignment: &plan::Assignment,
+        applied: &mut Applied,
+    ) -> Result<(), FleetError> {
+        let now = telemetry(&self.miners, &self.opts).await;
+        let asleep = |m: &SocketAddr| now.get(m).is_some_and(|t| self.opts.is_asleep(t));
+        let hashing = |m: &SocketAddr| now.get(m).is_some_and(|t| self.opts.is_hashing(t));
+        let to_sleep: Vec<SocketAddr> = assignment
+            .sleep
+            .iter()
+            .copied()
+            .filter(|m| !asleep(m))
+            .collect();
+        applied.already_asleep = assignment.sleep.len() - to_sleep.len();
+        let to_wake: Vec<SocketAddr> = assignment
+            .hashing()
+            .into_iter()
+            .filter(|m| !hashing(m))
+            .collect();
+        tracing::info!(
+            site = %self.site, to_sleep = to_sleep.len(), to_wake = to_wake.len(),
+            hashing = assignment.hashing().len(), asleep = assignment.sleep.len(),
+            "applying the power plan"
+        );
+        if !to_sleep.is_empty() {
+            applied.slept = Some(fleet::sleep(&to_sleep, &self.opts).await?);
+        }
+        for (watts, miners) in &assignment.hash {
+            let mut retarget = Vec::new();
+            for m in miners {
+                let at_target = self
+                    .targets
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(m)
+                    == Some(watts);
+                match (hashing(m), at_target) {
+                    (true, true) => applied.kept_miners.push(*m),
+                    (true, false) => {
+                        applied.already_awake.push(*m);
+                        retarget.push(*m);
+                    }
+                    (false, _) => retarget.push(*m),
+                }
+            }
+            if !retarget.is_empty() {
+                applied
+                    .powered
+                    .push(fleet::set_power(&retarget, *watts, &self.opts).await?);
+            }
+        }
+        if !to_wake.is_empty() {
+            applied.woke = Some(fleet::wake(&to_wake, &self.opts).await?);
+        }
+        // Remember what is now in force, so the next plan leaves it alone.
+        let in_force = applied.hashing_at_target();
+        let mut targets = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (watts, miners) in &assignment.hash {
+            for m in miners {
+                if in_force.contains(m) {
+                    targets.insert(*m, *watts);
+                } else {
+                    targets.remove(m);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The meter's load in the first sample taken from now, if one comes within two sampling
+    /// rounds' worth of time and the meter answered.
+    async fn fresh_meter_kw(&self) -> Option<f64> {
+        let mut samples = self.samples.clone();
+        let from = now_ms();
+        let fresh = samples.wait_for(|s| s.as_ref().is_some_and(|s| s.at_ms >= from));
+        match tokio::time::timeout(FRESH_SAMPLE_WITHIN, fresh).await {
+            Ok(Ok(s)) => s.as_ref().and_then(|s| s.meter_kw),
+            _ => None,
+        }
+    }
+
     /// Waits, doing nothing, until event `id` is over or goes away.
     async fn sit_out(&self, id: &str, desired: &mut watch::Receiver<DesiredState>) -> Exit {
         loop {
@@ -412,6 +584,73 @@ impl DrExecutor {
                 _ = sleep_for(end) => {}
             }
         }
+    }
+}
+
+/// Every miner's own reading now (`parallelism` at a time); a miner that does not answer is
+/// left out, so it is commanded.
+async fn telemetry(miners: &[SocketAddr], opts: &FleetOptions) -> HashMap<SocketAddr, Telemetry> {
+    // Futures built before the stream, and no closure over borrowed items in it: the task
+    // stays `Send` (see `crates/miner/tests/spawnable.rs`).
+    let timeout = opts.timeout;
+    let reads: Vec<_> = miners
+        .iter()
+        .map(|&addr| async move {
+            let client = MinerClient::new(addr, timeout);
+            (addr, fleet::telemetry(&client).await.ok())
+        })
+        .collect();
+    let read: Vec<(SocketAddr, Option<Telemetry>)> = stream::iter(reads)
+        .buffer_unordered(opts.parallelism.max(1))
+        .collect()
+        .await;
+    read.into_iter()
+        .filter_map(|(addr, t)| Some((addr, t?)))
+        .collect()
+}
+
+/// The plan in force that has not been applied yet, if any.
+fn pending_plan(desired: &DesiredState, applied: Option<&str>) -> Option<PlanDirective> {
+    desired
+        .plan
+        .clone()
+        .filter(|p| Some(p.plan_id.as_str()) != applied && now_ms() < p.ends_at_ms)
+}
+
+/// Posts `report` of plan `p` until the control plane takes it, says it does not know the
+/// plan, or the plan's interval is over.
+async fn post_report(
+    client: ControlClient,
+    mut token: watch::Receiver<Option<String>>,
+    p: PlanDirective,
+    report: PlanReport,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    while now_ms() < p.ends_at_ms {
+        let current = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            t = token.wait_for(Option::is_some) => match t {
+                Ok(t) => t.clone(),
+                Err(_) => return,
+            },
+        };
+        let Some(current) = current else { continue };
+        match client.plan_report(&current, &p.plan_id, &report).await {
+            Ok(()) => return,
+            Err(CallError::NotFound(message)) => {
+                tracing::warn!(plan = %p.plan_id, "the control plane does not know the plan; not reporting it again: {message}");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(plan = %p.plan_id, "cannot report the plan yet (retrying): {e}")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

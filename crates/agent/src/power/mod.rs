@@ -9,7 +9,9 @@
 //!   desired state's [`DrDirective`]: at the start it puts every miner to sleep, reports when
 //!   each acknowledged and confirmed, holds them asleep until the end, then wakes them in
 //!   staggered waves; a cancelled or replaced event wakes them (or goes to the new one) at
-//!   once.
+//!   once. Outside DR events it applies the live power plan in the desired state (module
+//!   `plan`): the miners the plan has asleep sleep, the others hash at its power target; what
+//!   their telemetry and the meter confirmed is reported back.
 //!
 //! Why one task owns the curtailment: a sleep, a hold and a wake are each many commands spread
 //! over seconds to minutes. Two owners — say the wake of an event that just ended and the sleep
@@ -36,6 +38,7 @@ use wattmesh_miner::fleet::FleetOptions;
 use wattmesh_proto::energy::{DrDirective, PowerSample};
 
 pub(crate) mod dr;
+pub(crate) mod plan;
 pub(crate) mod sample;
 
 /// The site's miners and meter, as one agent drives and reads them.

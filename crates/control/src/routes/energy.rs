@@ -16,6 +16,7 @@ use super::JsonList;
 use crate::ControlError;
 use crate::clock::{now_ms, parse_time};
 use crate::extract::{AgentSite, Body, Query};
+use crate::planning;
 use crate::service::AppState;
 use crate::views;
 
@@ -74,6 +75,8 @@ pub(crate) async fn create_dr_event(
         })
         .await?;
     tracing::info!(id = %event.id, site = %event.site, target_kw, "demand-response event created");
+    // The plan in force was made without this event's cap.
+    planning::replan(&*s.store, &event.site, s.plan_interval, now).await;
     s.reconciler.nudge().await;
     Ok((StatusCode::CREATED, Json(views::dr_event(&event, now))))
 }
@@ -125,6 +128,8 @@ pub(crate) async fn cancel_dr_event(
     let now = now_ms();
     let event = s.store.cancel_dr_event(&id, now).await?;
     tracing::info!(id = %event.id, site = %event.site, "demand-response event cancelled");
+    // The plan in force was made with this event's cap, which no longer holds.
+    planning::replan(&*s.store, &event.site, s.plan_interval, now).await;
     s.reconciler.nudge().await;
     Ok(Json(views::dr_event(&event, now)))
 }

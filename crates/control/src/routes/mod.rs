@@ -4,6 +4,7 @@
 //! - `access`: tenants, API keys, gateway credentials; `billing`: prices, top-ups, ledgers,
 //!   usage reports;
 //! - `energy`: demand-response events (and their agents' acknowledgements);
+//! - `plans`: sites' power models and the live power plan (and their agents' reports);
 //! - `pnl`: Bitcoin market snapshots, what DR events pay, the P&L per site and fleet;
 //! - `agent`: the agent protocol (agent tokens); `gateway`: the config feed, credit leases and
 //!   usage ingest (gateway tokens).
@@ -15,6 +16,7 @@ mod customer;
 mod energy;
 mod fleet;
 mod gateway;
+mod plans;
 mod pnl;
 mod workloads;
 
@@ -40,6 +42,7 @@ pub(crate) use billing::*;
 pub(crate) use energy::*;
 pub(crate) use fleet::*;
 pub(crate) use gateway::*;
+pub(crate) use plans::*;
 pub(crate) use pnl::*;
 pub(crate) use workloads::*;
 
@@ -91,12 +94,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(&v1("/dr-events/{id}/terms"), put(set_dr_terms))
         .route(&v1("/market"), post(set_market).get(list_market))
         .route(&v1("/pnl"), get(pnl_report))
+        .route(
+            &v1("/sites/{name}/power-model"),
+            put(set_power_model).get(get_power_model),
+        )
+        .route(&v1("/sites/{name}/plans"), post(plan_now).get(list_plans))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let agents = Router::new()
         .route(&v1("/agent/register"), post(register))
         .route(&v1("/agent/heartbeat"), post(heartbeat))
         .route(&v1("/agent/desired"), get(desired))
-        .route(&v1("/agent/dr-events/{id}/acks"), post(dr_acks));
+        .route(&v1("/agent/dr-events/{id}/acks"), post(dr_acks))
+        .route(&v1("/agent/plans/{id}/report"), post(plan_report));
     // Each of these authenticates its gateway itself (`GatewayCaller`).
     let gateways = Router::new()
         .route(&v1("/gateway/config"), get(gateway_config))

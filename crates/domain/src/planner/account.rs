@@ -2,7 +2,7 @@
 //! only decide (group power, units hashing, GPU nodes on, tokens served); this one function
 //! books what the decisions earn and cost, so margins compare exactly across policies.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::model::{Site, SiteState, Timeline};
 
@@ -33,7 +33,7 @@ pub(crate) struct Decision {
 }
 
 /// One ASIC group in one interval.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AsicGroupPlan {
     pub name: String,
     /// Units hashing; continuous (see the module docs): round when applying.
@@ -47,7 +47,7 @@ pub struct AsicGroupPlan {
 }
 
 /// One GPU group in one interval.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuGroupPlan {
     pub name: String,
     pub nodes_on: f64,
@@ -58,7 +58,7 @@ pub struct GpuGroupPlan {
 }
 
 /// One interval of a plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IntervalPlan {
     /// The interval's index in the timeline.
     pub index: usize,

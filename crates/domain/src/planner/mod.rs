@@ -27,6 +27,9 @@
 //! - **Contracts**: a hosted group earns its hosting fee per MWh instead of hashprice, so it may
 //!   run above the mining break-even; no other group ever hashes above it (with ramps free).
 //!
+//! [`live::plan_now`] is what the control plane runs every interval: the plan for the interval
+//! at hand, as whole-miner targets for the site's agent.
+//!
 //! [`plan`] solves one window from the timeline's start; [`plan_rolling`] replans every `step`
 //! intervals over a `horizon` and keeps the first `step` decisions of each window, as the
 //! control plane does every interval; [`optimum`] is the same program over the whole timeline
@@ -35,6 +38,7 @@
 
 mod account;
 pub mod baselines;
+pub mod live;
 mod lp;
 mod model;
 

@@ -1142,3 +1142,102 @@ fn a_day_of_a_mixed_site_plans() {
                 .margin_usd
     );
 }
+
+// === live: the plan for the interval at hand, as whole miners ===
+
+mod live_plan {
+    use super::*;
+    use crate::market::NetworkSpec;
+    use crate::planner::live::{LiveInputs, plan_now};
+
+    /// A market with hashprice well above a cheap tariff's cost of hashing.
+    fn rich() -> NetworkSpec {
+        NetworkSpec {
+            btc_usd: 100_000.0,
+            difficulty: 1.0e14,
+            subsidy_btc: 3.125,
+            fees_btc_per_block: 0.0,
+        }
+    }
+
+    fn inputs(usd_per_mwh: f64) -> LiveInputs {
+        LiveInputs {
+            // 10:07:30 UTC on 2026-12-03: the 15-minute interval from 10:00.
+            now_unix_s: 1_796_292_450,
+            interval: IntervalLength::FifteenMinutes,
+            horizon: 8,
+            usd_per_mwh,
+            bitcoin: Some(rich()),
+            dr_events: vec![],
+            asic_kw_now: None,
+        }
+    }
+
+    fn site() -> SiteSpec {
+        spec(1_000.0, vec![asic(ASIC_MODELS[0].name, 50)], vec![])
+    }
+
+    #[test]
+    fn a_cheap_tariff_hashes_every_miner_within_the_interval_at_hand() {
+        let live = plan_now(&site(), &inputs(20.0)).unwrap();
+        assert_eq!(live.starts_at_unix_s, 1_796_292_000);
+        assert_eq!(live.ends_at_unix_s - live.starts_at_unix_s, 900);
+        assert_eq!(live.asic.len(), 1);
+        assert_eq!(live.asic[0].units, 50);
+        assert_eq!(live.asic[0].units_hashing, 50);
+        assert!(live.asic[0].watts_per_unit > 0.0);
+        assert!(live.expected_meter_kw <= 1_000.0 + 1e-6);
+    }
+
+    #[test]
+    fn a_tariff_above_break_even_puts_every_miner_to_sleep() {
+        let live = plan_now(&site(), &inputs(4_000.0)).unwrap();
+        assert_eq!(live.asic[0].units_hashing, 0);
+        assert_eq!(live.asic[0].watts_per_unit, 0.0);
+        let model = asic_model(ASIC_MODELS[0].name).unwrap();
+        close(live.expected_meter_kw, 50.0 * model.sleep_w / 1_000.0, 1e-9);
+    }
+
+    #[test]
+    fn whole_miners_never_draw_more_than_a_dr_cap_allows() {
+        let model = asic_model(ASIC_MODELS[0].name).unwrap();
+        // A cap that fits 20.5 units at their lowest profile: 20 hash, none above the cap.
+        let cap_kw = (20.5 * model.min_w + 29.5 * model.sleep_w) / 1_000.0;
+        let mut i = inputs(20.0);
+        i.dr_events = vec![DrEventSpec {
+            start: "2026-12-03T10:00:00Z".into(),
+            minutes: 15,
+            cap_kw,
+            payment_usd: 0.0,
+        }];
+        let live = plan_now(&site(), &i).unwrap();
+        assert!(live.asic[0].units_hashing <= 20, "{:?}", live.asic);
+        assert!(live.expected_meter_kw <= cap_kw + 1e-6);
+        assert_eq!(live.interval.dr_cap_kw, Some(cap_kw));
+    }
+
+    #[test]
+    fn bad_live_inputs_are_errors_not_plans() {
+        let mut zero = inputs(20.0);
+        zero.horizon = 0;
+        assert_eq!(plan_now(&site(), &zero), Err(PlanError::ZeroHorizon));
+        for price in [f64::NAN, f64::INFINITY, 1.0e9] {
+            assert!(matches!(
+                plan_now(&site(), &inputs(price)),
+                Err(PlanError::InvalidInput {
+                    field: "usd_per_mwh",
+                    ..
+                })
+            ));
+        }
+        let mut no_market = inputs(20.0);
+        no_market.bitcoin = None;
+        assert!(matches!(
+            plan_now(&site(), &no_market),
+            Err(PlanError::InvalidSite { .. })
+        ));
+        let mut drawn = inputs(20.0);
+        drawn.asic_kw_now = Some(f64::NAN);
+        assert!(plan_now(&site(), &drawn).is_err());
+    }
+}

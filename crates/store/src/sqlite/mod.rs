@@ -17,6 +17,7 @@ mod billing;
 mod dedicated;
 mod energy;
 mod fleet;
+mod plans;
 mod pnl;
 mod workloads;
 
@@ -32,17 +33,19 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use wattmesh_domain::planner::SiteSpec as PowerSiteSpec;
 use wattmesh_domain::pricing::LeaseView;
 use wattmesh_proto::api::{DeploymentSpec, Limits, Model, NodeSpec, Region, SiteSpec, TenantSpec};
 use wattmesh_proto::billing::{DedicatedPrice, LedgerEntry, Price};
 use wattmesh_proto::energy::{MinerAck, PowerSample};
+use wattmesh_proto::plan::PlanReport;
 use wattmesh_proto::usage::{IngestReceipt, LeaseGrant};
 
 use crate::records::{
     AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, DrTermsRecord, GatewayRecord,
     MarketRecord, NewApiKey, NewDedicatedPrice, NewDrEvent, NewMarketSnapshot, NewPrice,
-    NewReplica, NodeRecord, RatedEvent, ReplicaRecord, ReplicaSeconds, SiteHeartbeat, SiteRecord,
-    TenantRecord, UsageQuery, UsageTotal,
+    NewReplica, NodeRecord, PowerModelRecord, PowerPlanRecord, RatedEvent, ReplicaRecord,
+    ReplicaSeconds, SiteHeartbeat, SiteRecord, TenantRecord, UsageQuery, UsageTotal,
 };
 use crate::{Store, StoreError};
 
@@ -366,6 +369,42 @@ impl Store for SqliteStore {
     }
     async fn dr_terms(&self, site: Option<&str>) -> Result<Vec<DrTermsRecord>, StoreError> {
         pnl::dr_terms(&self.pool, site).await
+    }
+
+    async fn set_power_model(
+        &self,
+        site: &str,
+        spec: &PowerSiteSpec,
+        at_ms: i64,
+    ) -> Result<PowerModelRecord, StoreError> {
+        plans::set_power_model(&self.pool, site, spec, at_ms).await
+    }
+    async fn power_model(&self, site: &str) -> Result<PowerModelRecord, StoreError> {
+        plans::power_model(&self.pool, site).await
+    }
+    async fn list_power_models(&self) -> Result<Vec<PowerModelRecord>, StoreError> {
+        plans::list_power_models(&self.pool).await
+    }
+    async fn add_power_plan(&self, plan: &PowerPlanRecord) -> Result<(), StoreError> {
+        plans::add_power_plan(&self.pool, plan).await
+    }
+    async fn report_power_plan(
+        &self,
+        id: &str,
+        site: &str,
+        report: &PlanReport,
+    ) -> Result<(), StoreError> {
+        plans::report_power_plan(&self.pool, id, site, report).await
+    }
+    async fn power_plans(
+        &self,
+        site: &str,
+        limit: u32,
+    ) -> Result<Vec<PowerPlanRecord>, StoreError> {
+        plans::power_plans(&self.pool, site, limit).await
+    }
+    async fn current_power_plans(&self, now_ms: i64) -> Result<Vec<PowerPlanRecord>, StoreError> {
+        plans::current_power_plans(&self.pool, now_ms).await
     }
 
     async fn secret(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -8,6 +8,7 @@ pub mod miners;
 pub mod models;
 pub mod money;
 pub mod planner;
+pub mod plans;
 pub mod pnl;
 pub mod serve;
 pub mod status;

@@ -1,7 +1,8 @@
 //! `wattmesh planner`: the power planner offline. `backtest` runs the planner, the fleet tools'
 //! baselines and the perfect-foresight optimum over a price series for one site file and prints
 //! their margins; `prices` writes a synthetic price series (FACTS.md's ERCOT shape) to try it on.
-//! Pure computation over `wattmesh_domain::planner`: no control plane needed.
+//! Pure computation over `wattmesh_domain::planner`: no control plane needed. The live plan's
+//! subcommands (`model`, `run`, `plans`) are in `plans`.
 
 use std::path::Path;
 
@@ -16,6 +17,16 @@ pub async fn run(cmd: PlannerCommand) -> Result<()> {
     match cmd {
         PlannerCommand::Backtest(args) => backtest(args),
         PlannerCommand::Prices(args) => prices(args),
+        PlannerCommand::Model(cmd) => super::plans::model(cmd).await,
+        PlannerCommand::Run { site, json, target } => {
+            super::plans::run_now(site, json, target).await
+        }
+        PlannerCommand::Plans {
+            site,
+            limit,
+            json,
+            target,
+        } => super::plans::plans(site, limit, json, target).await,
     }
 }
 

@@ -12,11 +12,13 @@ use crate::client::read_secret;
 use crate::run::Services;
 
 pub async fn control(args: ControlArgs) -> Result<()> {
+    let plan_interval = crate::commands::plans::interval(args.plan_interval_minutes)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let control = wattmesh_control::open(wattmesh_control::ControlConfig {
         data_dir: args.data_dir.clone(),
         heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout_s),
+        plan_interval,
     })
     .await
     .context("opening the control plane")?;

@@ -1,0 +1,237 @@
+//! The live planner's driver: at the start of every planning interval (and when an operator
+//! asks), each site with a power model is planned for the interval at hand — from its tariff,
+//! the Bitcoin market in force, the DR events ahead and the miners' draw at the last sample —
+//! and the plan is stored; the reconciler then hands it to the site's agent in its desired
+//! state. The decision itself is `wattmesh_domain::planner::live`; here are only reads, the
+//! clock and the write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use wattmesh_domain::market::{IntervalLength, NetworkSpec};
+use wattmesh_domain::planner::live::{LiveInputs, LivePlan, plan_now};
+use wattmesh_domain::planner::{DrEventSpec, PlanError, SiteSpec};
+use wattmesh_proto::plan::{AsicTarget, GpuTarget, PlanDirective};
+use wattmesh_store::{MarketRecord, PowerPlanRecord, Store, StoreError};
+
+use crate::clock::{format_ms, now_ms};
+use crate::reconciler::Reconciler;
+
+/// Intervals planned ahead: a day of 15-minute intervals, so a DR event or a price step later
+/// today shapes the ramps now.
+pub(crate) const HORIZON: usize = 96;
+/// A power sample older than this says nothing about the miners' draw now.
+const SAMPLE_FRESH_MS: i64 = 5 * 60 * 1000;
+
+/// Why a site could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlanningError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("site {site}: {source}")]
+    Plan { site: String, source: PlanError },
+}
+
+/// Plans `site` for the interval containing `now_ms` and stores the plan.
+pub(crate) async fn plan_site(
+    store: &dyn Store,
+    site: &str,
+    interval: IntervalLength,
+    now_ms: i64,
+) -> Result<PowerPlanRecord, PlanningError> {
+    let model = store.power_model(site).await?;
+    let record = store.get_site(site).await?;
+    let inputs = live_inputs(store, &record, &model.spec, interval, now_ms).await?;
+    let live = plan_now(&model.spec, &inputs).map_err(|source| PlanningError::Plan {
+        site: site.to_owned(),
+        source,
+    })?;
+    let plan = record_of(site, live, now_ms);
+    store.add_power_plan(&plan).await?;
+    Ok(plan)
+}
+
+/// Plans `site` again after a change the plan in force did not see (a DR event made or
+/// cancelled), if it has a power model. Best effort: the change itself is stored, and the
+/// next interval plans anyway.
+pub(crate) async fn replan(store: &dyn Store, site: &str, interval: IntervalLength, now_ms: i64) {
+    match store.power_model(site).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound { .. }) => return,
+        Err(e) => {
+            tracing::warn!(%site, "cannot replan: {e}");
+            return;
+        }
+    }
+    match plan_site(store, site, interval, now_ms).await {
+        Ok(plan) => tracing::info!(%site, plan = %plan.id, "replanned the interval"),
+        Err(e) => tracing::warn!(%site, "cannot replan: {e}"),
+    }
+}
+
+/// What is known now about `site`, besides its model.
+async fn live_inputs(
+    store: &dyn Store,
+    site: &wattmesh_store::SiteRecord,
+    spec: &SiteSpec,
+    interval: IntervalLength,
+    now_ms: i64,
+) -> Result<LiveInputs, StoreError> {
+    let len_ms = interval.seconds() * 1000;
+    let horizon_end_ms = now_ms + len_ms * HORIZON as i64;
+    let dr_events = store
+        .open_dr_events(now_ms)
+        .await?
+        .into_iter()
+        .filter(|e| e.site == site.name && e.starts_at_ms < horizon_end_ms)
+        .map(|e| {
+            let end = e.effective_end_ms();
+            DrEventSpec {
+                start: format_ms(e.starts_at_ms),
+                // Whole minutes, rounded up: the cap covers the event's last seconds too.
+                minutes: u32::try_from((end - e.starts_at_ms + 59_999) / 60_000)
+                    .unwrap_or(u32::MAX),
+                cap_kw: e.target_kw,
+                // A DR call is a hard cap here; what it pays is booked by the P&L.
+                payment_usd: 0.0,
+            }
+        })
+        .collect();
+    let asic_kw_now = store
+        .last_power_sample(&site.name)
+        .await?
+        .filter(|s| now_ms - s.at_ms <= SAMPLE_FRESH_MS && s.miners.total > 0)
+        .map(|s| s.miners.kw);
+    let bitcoin = market_in_force(&store.list_market_snapshots().await?, now_ms);
+    Ok(LiveInputs {
+        now_unix_s: now_ms.div_euclid(1000),
+        interval,
+        horizon: HORIZON,
+        usd_per_mwh: f64::try_from(site.power_price_usd_per_mwh).unwrap_or(f64::NAN),
+        // None: the model's own `bitcoin`, if it has one.
+        bitcoin: bitcoin.or(spec.bitcoin),
+        dr_events,
+        asic_kw_now,
+    })
+}
+
+/// The newest snapshot in force at `now_ms`.
+fn market_in_force(snapshots: &[MarketRecord], now_ms: i64) -> Option<NetworkSpec> {
+    snapshots
+        .iter()
+        .filter(|m| m.effective_from_ms <= now_ms)
+        .max_by_key(|m| (m.effective_from_ms, m.version))
+        .map(|m| NetworkSpec {
+            btc_usd: f64::try_from(m.btc_usd).unwrap_or(f64::NAN),
+            difficulty: m.difficulty,
+            subsidy_btc: m.subsidy_btc,
+            fees_btc_per_block: m.fees_btc_per_block,
+        })
+}
+
+fn record_of(site: &str, live: LivePlan, now_ms: i64) -> PowerPlanRecord {
+    let id = format!("plan-{}", uuid::Uuid::new_v4());
+    let (starts_at_ms, ends_at_ms) = (live.starts_at_unix_s * 1000, live.ends_at_unix_s * 1000);
+    PowerPlanRecord {
+        directive: PlanDirective {
+            plan_id: id.clone(),
+            starts_at_ms,
+            ends_at_ms,
+            asic_groups: live
+                .asic
+                .into_iter()
+                .map(|t| AsicTarget {
+                    name: t.name,
+                    units: t.units,
+                    units_hashing: t.units_hashing,
+                    watts_per_unit: t.watts_per_unit,
+                })
+                .collect(),
+            gpu_groups: live
+                .gpu
+                .into_iter()
+                .map(|t| GpuTarget {
+                    name: t.name,
+                    nodes: t.nodes,
+                    nodes_on: t.nodes_on,
+                    kw: t.kw,
+                })
+                .collect(),
+            expected_meter_kw: live.expected_meter_kw,
+        },
+        id,
+        site: site.to_owned(),
+        starts_at_ms,
+        ends_at_ms,
+        created_at_ms: now_ms,
+        interval: live.interval,
+        report: None,
+    }
+}
+
+/// Plans every site with a power model that has no plan for the interval at hand, at every
+/// interval's start, until `stop`.
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    reconciler: Arc<Reconciler>,
+    interval: IntervalLength,
+    stop: CancellationToken,
+) {
+    let len_ms = interval.seconds() * 1000;
+    loop {
+        let now = now_ms();
+        match plan_due(&*store, interval, now).await {
+            Ok(0) => {}
+            Ok(_) => reconciler.nudge().await,
+            Err(e) => tracing::error!(error = %e, "planning sites"),
+        }
+        // Wake just after the next interval starts; a minute at most, so a power model set
+        // mid-interval is planned soon.
+        let next = (now.div_euclid(len_ms) + 1) * len_ms + 500;
+        let wait = Duration::from_millis(u64::try_from(next - now).unwrap_or(0))
+            .min(Duration::from_secs(60));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Plans the sites that need it now; returns how many were planned. One site that cannot be
+/// planned is logged and does not stop the others.
+async fn plan_due(
+    store: &dyn Store,
+    interval: IntervalLength,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let current = store.current_power_plans(now).await?;
+    let mut planned = 0;
+    for model in store.list_power_models().await? {
+        let due = !current
+            .iter()
+            .any(|p| p.site == model.site && p.created_at_ms >= model.updated_at_ms);
+        if !due {
+            continue;
+        }
+        match plan_site(store, &model.site, interval, now).await {
+            Ok(plan) => {
+                planned += 1;
+                let hashing: u32 = plan
+                    .directive
+                    .asic_groups
+                    .iter()
+                    .map(|g| g.units_hashing)
+                    .sum();
+                tracing::info!(
+                    site = %model.site, plan = %plan.id, hashing,
+                    expected_meter_kw = plan.directive.expected_meter_kw,
+                    "planned the interval"
+                );
+            }
+            Err(PlanningError::Store(e)) => return Err(e),
+            Err(e) => tracing::warn!("cannot plan: {e}"),
+        }
+    }
+    Ok(planned)
+}

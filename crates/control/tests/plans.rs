@@ -1,0 +1,262 @@
+//! The live power plan through the control plane's router: a site's power model set and
+//! refused, the site planned now (from its tariff, the market in force, its DR events and its
+//! miners' draw), the plan handed to its agent in its desired state, the agent's report kept,
+//! and broken asks refused.
+
+// Helpers outside `#[test]` fns panic on setup failures too; that is what a test wants.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{Harness, call, harness};
+use serde_json::{Value, json};
+
+/// Registers an agent for `site` (region `us`, the given tariff); returns its token.
+async fn register(h: &Harness, site: &str, price: &str) -> String {
+    let body = json!({"site": site, "region": "us", "power_price_usd_per_mwh": price,
+        "nodes": [{"name": format!("{site}-n0"), "memory_bytes": 8u64 << 30}]});
+    let (status, resp) = call(
+        &h.control,
+        Method::POST,
+        "/api/v1/agent/register",
+        Some(&h.bootstrap),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    resp["agent_token"].as_str().unwrap().to_owned()
+}
+
+/// 10 S21s, February 2026's market.
+fn model(site: &str) -> Value {
+    json!({
+        "name": site, "interconnect_kw": 60.0, "pue": 1.05,
+        "asic_groups": [{"model": "Antminer S21", "units": 10}],
+        "bitcoin": {"btc_usd": 68500.0, "difficulty": 144.4e12, "fees_btc_per_block": 0.02}
+    })
+}
+
+async fn set_model(h: &Harness, site: &str, body: &Value) -> (StatusCode, Value) {
+    h.admin(
+        Method::PUT,
+        &format!("/api/v1/sites/{site}/power-model"),
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+async fn plan_now(h: &Harness, site: &str) -> (StatusCode, Value) {
+    h.admin(Method::POST, &format!("/api/v1/sites/{site}/plans"), None)
+        .await
+}
+
+fn hashing(plan: &Value) -> u64 {
+    plan["directive"]["asic_groups"][0]["units_hashing"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_site_is_planned_from_its_tariff_and_the_market_and_its_agent_is_told() {
+    let h = harness().await;
+    let token = register(&h, "cheap", "30").await;
+    let (status, resp) = set_model(&h, "cheap", &model("cheap")).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["spec"]["asic_groups"][0]["units"], 10);
+    let (status, shown) = h
+        .admin(Method::GET, "/api/v1/sites/cheap/power-model", None)
+        .await;
+    assert_eq!((status, &shown["spec"]), (StatusCode::OK, &resp["spec"]));
+
+    // At $30/MWh every miner hashes at February 2026's hashprice.
+    let (status, plan) = plan_now(&h, "cheap").await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    assert_eq!(hashing(&plan), 10, "{plan}");
+    let (starts, ends) = (
+        plan["starts_at_ms"].as_i64().unwrap(),
+        plan["ends_at_ms"].as_i64().unwrap(),
+    );
+    assert_eq!((ends - starts, starts % 900_000), (900_000, 0));
+    assert!(plan["directive"]["expected_meter_kw"].as_f64().unwrap() <= 60.0);
+    assert!(plan["report"].is_null());
+
+    // The agent is told, in its desired state.
+    let (status, desired) = call(
+        &h.control,
+        Method::GET,
+        "/api/v1/agent/desired",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(desired["plan"], plan["directive"], "{desired}");
+
+    // A market where hashing no longer pays at this tariff: the replan sleeps every miner.
+    let (status, resp) = h
+        .admin(
+            Method::POST,
+            "/api/v1/market",
+            Some(&json!({"btc_usd": "5000", "difficulty": 144.4e12, "subsidy_btc": 3.125, "fees_btc_per_block": 0.0}).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{resp}");
+    let (status, replan) = plan_now(&h, "cheap").await;
+    assert_eq!(status, StatusCode::CREATED, "{replan}");
+    assert_eq!(hashing(&replan), 0, "{replan}");
+    let (_, desired) = call(
+        &h.control,
+        Method::GET,
+        "/api/v1/agent/desired",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(desired["plan"]["plan_id"], replan["id"]);
+
+    // The agent's report is kept with the plan; another site's agent cannot report it.
+    let report = json!({"outcome": "applied", "at_ms": 1, "miners_hashing": 0, "miners_asleep": 10,
+        "miners_unconfirmed": 0, "meter_kw": 1.2, "problems": []});
+    let path = format!(
+        "/api/v1/agent/plans/{}/report",
+        replan["id"].as_str().unwrap()
+    );
+    let other = register(&h, "other", "30").await;
+    let (status, _) = call(
+        &h.control,
+        Method::POST,
+        &path,
+        Some(&other),
+        Some(&report.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, resp) = call(
+        &h.control,
+        Method::POST,
+        &path,
+        Some(&token),
+        Some(&report.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{resp}");
+    let (status, plans) = h
+        .admin(Method::GET, "/api/v1/sites/cheap/plans?limit=5", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let plans = plans.as_array().unwrap();
+    assert_eq!(plans.len(), 2);
+    assert_eq!(plans[0]["id"], replan["id"]);
+    assert_eq!(plans[0]["report"], report);
+    assert!(plans[1]["report"].is_null());
+}
+
+#[tokio::test]
+async fn a_dr_event_replans_the_site_under_its_cap() {
+    let h = harness().await;
+    register(&h, "tx", "30").await;
+    let (status, _) = set_model(&h, "tx", &model("tx")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, plan) = plan_now(&h, "tx").await;
+    assert_eq!((status, hashing(&plan)), (StatusCode::CREATED, 10));
+    // A cap that only sleeping miners meet (10 × 10 W asleep × 1.05 is 0.105 kW).
+    let (status, event) = h
+        .admin(
+            Method::POST,
+            "/api/v1/sites/tx/dr-events",
+            Some(&json!({"down_to_kw": 0.5, "duration_minutes": 30}).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{event}");
+    let (_, plans) = h.admin(Method::GET, "/api/v1/sites/tx/plans", None).await;
+    let newest = &plans.as_array().unwrap()[0];
+    assert_ne!(newest["id"], plan["id"], "the event replans");
+    assert_eq!(hashing(newest), 0, "{newest}");
+    assert_eq!(newest["interval"]["dr_cap_kw"], 0.5);
+}
+
+#[tokio::test]
+async fn broken_asks_are_refused_and_change_nothing() {
+    let h = harness().await;
+    let token = register(&h, "a", "30").await;
+    let mut wrong_name = model("a");
+    wrong_name["name"] = json!("b");
+    let mut unknown_field = model("a");
+    unknown_field["colour"] = json!("red");
+    let mut no_interconnect = model("a");
+    no_interconnect["interconnect_kw"] = json!(-5.0);
+    let mut unknown_model = model("a");
+    unknown_model["asic_groups"][0]["model"] = json!("Antminer S99");
+    let cases = [
+        (wrong_name, StatusCode::BAD_REQUEST, "name"),
+        (unknown_field, StatusCode::BAD_REQUEST, "colour"),
+        (no_interconnect, StatusCode::BAD_REQUEST, "interconnect_kw"),
+        (unknown_model, StatusCode::BAD_REQUEST, "S99"),
+        (json!("not an object"), StatusCode::BAD_REQUEST, ""),
+    ];
+    for (body, want, says) in cases {
+        let (status, resp) = set_model(&h, "a", &body).await;
+        assert_eq!(status, want, "{body}: {resp}");
+        let message = resp["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message:?} should say {says:?}");
+    }
+    let (status, _) = h
+        .admin(Method::GET, "/api/v1/sites/a/power-model", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
+    let (status, _) = set_model(&h, "atlantis", &model("atlantis")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // No model, no plan; an unknown site; a bad limit.
+    assert_eq!(plan_now(&h, "a").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(plan_now(&h, "atlantis").await.0, StatusCode::NOT_FOUND);
+    for q in ["limit=0", "limit=1001", "limit=x", "colour=red"] {
+        let (status, _) = h
+            .admin(Method::GET, &format!("/api/v1/sites/a/plans?{q}"), None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
+    }
+
+    // A tariff the planner cannot use is a clear refusal, not a plan.
+    let mut no_market = model("a");
+    no_market.as_object_mut().unwrap().remove("bitcoin");
+    let (status, _) = set_model(&h, "a", &no_market).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, resp) = plan_now(&h, "a").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("market"),
+        "{resp}"
+    );
+    let (_, plans) = h.admin(Method::GET, "/api/v1/sites/a/plans", None).await;
+    assert_eq!(plans, json!([]));
+
+    // Reports: unknown plan, a body with unknown fields or a bad meter reading.
+    let (status, _) = call(&h.control, Method::POST, "/api/v1/agent/plans/nope/report", Some(&token),
+        Some(r#"{"outcome":"applied","at_ms":1,"miners_hashing":0,"miners_asleep":0,"miners_unconfirmed":0}"#)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for body in [
+        r#"{"outcome":"applied","at_ms":1,"miners_hashing":0,"miners_asleep":0,"miners_unconfirmed":0,"extra":1}"#,
+        r#"{"outcome":"maybe","at_ms":1,"miners_hashing":0,"miners_asleep":0,"miners_unconfirmed":0}"#,
+        r#"{"outcome":"applied","at_ms":1,"miners_hashing":0,"miners_asleep":0,"miners_unconfirmed":0,"meter_kw":-1}"#,
+        "not json",
+    ] {
+        let (status, _) = call(
+            &h.control,
+            Method::POST,
+            "/api/v1/agent/plans/nope/report",
+            Some(&token),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    // Without the agent's token.
+    let (status, _) = call(&h.control, Method::POST, "/api/v1/agent/plans/nope/report", None,
+        Some(r#"{"outcome":"applied","at_ms":1,"miners_hashing":0,"miners_asleep":0,"miners_unconfirmed":0}"#)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,115 @@
+//! The live power plan on the wire: each site's power model, the plan the control plane makes
+//! for it every interval, what its agent is told to apply, and what the agent reports back.
+//!
+//! - `PUT /api/v1/sites/{site}/power-model` (the planner's site file, as JSON) →
+//!   [`PowerModel`]; `GET` reads it.
+//! - `POST /api/v1/sites/{site}/plans` plans the site now → [`PowerPlan`];
+//!   `GET /api/v1/sites/{site}/plans?limit=N` → `[PowerPlan]`, newest first, each with the
+//!   agent's report once it came.
+//! - Agents: their desired state carries the site's current [`PlanDirective`];
+//!   `POST /api/v1/agent/plans/{id}/report` ([`PlanReport`]) says what was applied and what the
+//!   miners' own telemetry and the meter confirmed. A plan no report confirms is shown as
+//!   unconfirmed, never assumed applied. A demand-response event comes first: a plan is
+//!   applied once the event is over.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use wattmesh_domain::planner::{IntervalPlan, SiteSpec};
+
+/// A site's power model as stored: the planner's site file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PowerModel {
+    pub site: String,
+    /// The planner's site file (see the README's "Planner site file").
+    #[schema(value_type = Object)]
+    pub spec: SiteSpec,
+    pub updated_at: String,
+}
+
+/// One plan made for one site and interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PowerPlan {
+    pub id: String,
+    pub site: String,
+    pub starts_at: String,
+    pub starts_at_ms: i64,
+    pub ends_at: String,
+    pub ends_at_ms: i64,
+    pub created_at: String,
+    /// The planner's decision and its money lines for the interval.
+    #[schema(value_type = Object)]
+    pub interval: IntervalPlan,
+    /// What the agent was told to apply (whole miners).
+    pub directive: PlanDirective,
+    /// The agent's report; absent until it came.
+    pub report: Option<PlanReport>,
+}
+
+/// What a site's agent is told to apply for one interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanDirective {
+    pub plan_id: String,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    /// In the power model's order; the agent's miners fill the groups in the order its miner
+    /// list gives them.
+    pub asic_groups: Vec<AsicTarget>,
+    pub gpu_groups: Vec<GpuTarget>,
+    /// The load the meter should show once the plan is in force, kW.
+    pub expected_meter_kw: f64,
+}
+
+/// One ASIC group's target: its first `units_hashing` miners hash at `watts_per_unit`, the
+/// rest sleep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AsicTarget {
+    pub name: String,
+    pub units: u32,
+    pub units_hashing: u32,
+    /// The power target of each hashing unit, W.
+    pub watts_per_unit: f64,
+}
+
+/// One GPU group's target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuTarget {
+    pub name: String,
+    pub nodes: u32,
+    /// Nodes the plan keeps on (may be fractional: the group's draw is what counts).
+    pub nodes_on: f64,
+    /// The group's planned draw, kW (IT).
+    pub kw: f64,
+}
+
+/// How applying a plan went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanOutcome {
+    /// Every miner confirmed its target by its own telemetry.
+    Applied,
+    /// Some miners did not confirm, or a part of the plan cannot be applied on this site.
+    Partial,
+    /// Nothing could be applied (e.g. the power model does not match the agent's miners).
+    Failed,
+}
+
+/// `POST /api/v1/agent/plans/{id}/report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanReport {
+    pub outcome: PlanOutcome,
+    /// Unix ms the agent finished applying.
+    pub at_ms: i64,
+    /// Miners that confirmed hashing at their target.
+    pub miners_hashing: u32,
+    /// Miners that confirmed asleep.
+    pub miners_asleep: u32,
+    /// Miners that did not confirm (in `problems`).
+    pub miners_unconfirmed: u32,
+    /// The meter after applying, kW; absent when it did not answer.
+    #[serde(default)]
+    pub meter_kw: Option<f64>,
+    /// What could not be applied or confirmed, one line each (at most a few per cause).
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
