@@ -87,12 +87,7 @@ impl ControlClient {
         event_id: &str,
         acks: &DrAcks,
     ) -> Result<(), CallError> {
-        let mut url = reqwest::Url::parse(&self.url("/dr-events"))
-            .map_err(|e| CallError::Failed(format!("the control plane's URL: {e}")))?;
-        // The id goes in as one path segment, escaped: an id is data, never a path.
-        url.path_segments_mut()
-            .map_err(|()| CallError::Failed("the control plane's URL cannot take a path".into()))?
-            .extend([event_id, "acks"]);
+        let url = self.url_with("/dr-events", [event_id, "acks"])?;
         let r = self.http.post(url).bearer_auth(token).json(acks);
         self.send(r, Duration::from_secs(10)).await.map(drop)
     }
@@ -105,13 +100,24 @@ impl ControlClient {
         plan_id: &str,
         report: &PlanReport,
     ) -> Result<(), CallError> {
-        let mut url = reqwest::Url::parse(&self.url("/plans"))
+        let url = self.url_with("/plans", [plan_id, "report"])?;
+        let r = self.http.post(url).bearer_auth(token).json(report);
+        self.send(r, Duration::from_secs(10)).await.map(drop)
+    }
+
+    /// `path` with `segments` after it, each escaped as one segment: an id is data, never a
+    /// path.
+    fn url_with<'a>(
+        &self,
+        path: &str,
+        segments: impl IntoIterator<Item = &'a str>,
+    ) -> Result<reqwest::Url, CallError> {
+        let mut url = reqwest::Url::parse(&self.url(path))
             .map_err(|e| CallError::Failed(format!("the control plane's URL: {e}")))?;
         url.path_segments_mut()
             .map_err(|()| CallError::Failed("the control plane's URL cannot take a path".into()))?
-            .extend([plan_id, "report"]);
-        let r = self.http.post(url).bearer_auth(token).json(report);
-        self.send(r, Duration::from_secs(10)).await.map(drop)
+            .extend(segments);
+        Ok(url)
     }
 
     fn url(&self, path: &str) -> String {

@@ -8,22 +8,12 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, call, harness};
+use common::{Harness, call, harness, register_site};
 use serde_json::{Value, json};
 
 /// Registers an agent for `site` in region `us` with one 8 GiB node; returns its token.
 async fn register(h: &Harness, site: &str) -> String {
-    let body = json!({"site": site, "region": "us", "nodes": [{"name": format!("{site}-n0"), "memory_bytes": 8u64 << 30}]});
-    let (status, resp) = call(
-        &h.control,
-        Method::POST,
-        "/api/v1/agent/register",
-        Some(&h.bootstrap),
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{resp}");
-    resp["agent_token"].as_str().unwrap().to_owned()
+    register_site(h, site, "0").await
 }
 
 fn now_ms() -> i64 {

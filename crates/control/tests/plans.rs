@@ -9,23 +9,12 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, call, harness};
+use common::{Harness, call, harness, register_site};
 use serde_json::{Value, json};
 
 /// Registers an agent for `site` (region `us`, the given tariff); returns its token.
 async fn register(h: &Harness, site: &str, price: &str) -> String {
-    let body = json!({"site": site, "region": "us", "power_price_usd_per_mwh": price,
-        "nodes": [{"name": format!("{site}-n0"), "memory_bytes": 8u64 << 30}]});
-    let (status, resp) = call(
-        &h.control,
-        Method::POST,
-        "/api/v1/agent/register",
-        Some(&h.bootstrap),
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{resp}");
-    resp["agent_token"].as_str().unwrap().to_owned()
+    register_site(h, site, price).await
 }
 
 /// 10 S21s, February 2026's market.

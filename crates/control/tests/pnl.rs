@@ -8,7 +8,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, call, harness};
+use common::{Harness, call, harness, register_site};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
@@ -41,18 +41,7 @@ fn rfc3339(ms: i64) -> String {
 
 /// Registers `site`'s agent at `price` USD/MWh; returns its token.
 async fn register(h: &Harness, site: &str, price: &str) -> String {
-    let body = json!({"site": site, "region": "us", "power_price_usd_per_mwh": price,
-        "nodes": [{"name": format!("{site}-n0"), "memory_bytes": 8u64 << 30}]});
-    let (status, resp) = call(
-        &h.control,
-        Method::POST,
-        "/api/v1/agent/register",
-        Some(&h.bootstrap),
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{resp}");
-    resp["agent_token"].as_str().unwrap().to_owned()
+    register_site(h, site, price).await
 }
 
 /// A heartbeat carrying one power sample.

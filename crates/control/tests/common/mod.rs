@@ -101,3 +101,20 @@ impl Harness {
         call(&self.control, method, uri, Some(&self.gateway), body).await
     }
 }
+
+/// Registers `site`'s agent (region `us`, one 8 GiB node `{site}-n0`, power at `price`
+/// USD/MWh); returns its agent token.
+pub async fn register_site(h: &Harness, site: &str, price: &str) -> String {
+    let body = serde_json::json!({"site": site, "region": "us", "power_price_usd_per_mwh": price,
+        "nodes": [{"name": format!("{site}-n0"), "memory_bytes": 8u64 << 30}]});
+    let (status, resp) = call(
+        &h.control,
+        Method::POST,
+        "/api/v1/agent/register",
+        Some(&h.bootstrap),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    resp["agent_token"].as_str().unwrap().to_owned()
+}
