@@ -149,6 +149,31 @@ impl MinerClient {
         api::watts(&reply).map_err(|source| self.api_error(source))
     }
 
+    /// `power+summary` joined in one exchange: the draw and the hashrate, as [`power`] and
+    /// [`summary`] read them, for half the connections (a site's agent reads every miner
+    /// every few seconds).
+    ///
+    /// [`power`]: MinerClient::power
+    /// [`summary`]: MinerClient::summary
+    pub async fn power_and_summary(&self) -> Result<(f64, Summary), MinerError> {
+        let request =
+            Request::new(&["power", "summary"], None).map_err(|source| self.api_error(source))?;
+        let mut replies = api::by_command(&request, self.call(&request).await?);
+        let mut take = |command: &str| {
+            replies
+                .remove(command)
+                .ok_or_else(|| {
+                    self.api_error(ApiError::Malformed(format!("no reply to {command}")))
+                })?
+                .into_ok(command)
+                .map_err(|source| self.api_error(source))
+        };
+        let (power, summary) = (take("power")?, take("summary")?);
+        let watts = api::watts(&power).map_err(|source| self.api_error(source))?;
+        let summary = Summary::from_reply(&summary).map_err(|source| self.api_error(source))?;
+        Ok((watts, summary))
+    }
+
     /// `stats`: per-chain detail, whose keys differ by firmware (read it loosely).
     pub async fn stats(&self) -> Result<Reply, MinerError> {
         self.call_one("stats", None).await

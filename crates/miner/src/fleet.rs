@@ -124,10 +124,9 @@ pub struct Telemetry {
     pub at: Instant,
 }
 
-/// Reads `power` and `summary`.
+/// Reads `power` and `summary`, joined in one exchange.
 pub async fn telemetry(client: &MinerClient) -> Result<Telemetry, MinerError> {
-    let watts = client.power().await?;
-    let summary = client.summary().await?;
+    let (watts, summary) = client.power_and_summary().await?;
     Ok(Telemetry {
         watts,
         ths_5s: summary.ths_5s,

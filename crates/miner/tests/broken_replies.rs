@@ -150,3 +150,43 @@ async fn a_closed_port_is_a_connect_error() {
         .unwrap_err();
     assert!(matches!(err, MinerError::Connect { .. }), "{err}");
 }
+
+/// `power+summary` in one exchange: each part read as its own command would be, and a part
+/// refused, missing or unreadable is an error, never a reading with a gap.
+#[tokio::test]
+async fn joined_power_and_summary_is_read_whole_or_not_at_all() {
+    let power_ok =
+        r#"[{"STATUS":[{"STATUS":"S","Code":300,"Msg":"Power"}],"POWER":[{"Watts":3210}],"id":1}]"#;
+    let summary_ok =
+        r#"[{"STATUS":[{"STATUS":"S","Code":11}],"SUMMARY":[{"MHS av":1e8,"MHS 5s":2e8}],"id":1}]"#;
+    let refused = r#"[{"STATUS":[{"STATUS":"E","Code":45,"Msg":"Access denied"}],"id":1}]"#;
+    let no_watts = r#"[{"STATUS":[{"STATUS":"S","Code":300}],"POWER":[{}],"id":1}]"#;
+    let joined = |power: &str, summary: &str| {
+        with_nul(format!(r#"{{"power":{power},"summary":{summary},"id":1}}"#).as_bytes())
+    };
+    let addr = fake(Behaviour::Say(joined(power_ok, summary_ok))).await;
+    let (watts, summary) = MinerClient::new(addr, Duration::from_secs(2))
+        .power_and_summary()
+        .await
+        .unwrap();
+    assert_eq!(watts, 3210.0);
+    assert_eq!(summary.ths_5s, 200.0);
+    let broken = [
+        joined(refused, summary_ok),
+        joined(power_ok, refused),
+        joined(no_watts, summary_ok),
+        with_nul(format!(r#"{{"power":{power_ok},"id":1}}"#).as_bytes()),
+        with_nul(SUMMARY),
+    ];
+    for bytes in broken {
+        let addr = fake(Behaviour::Say(bytes.clone())).await;
+        let got = MinerClient::new(addr, Duration::from_secs(2))
+            .power_and_summary()
+            .await;
+        assert!(
+            matches!(got, Err(MinerError::Api { .. })),
+            "{}: {got:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+}
