@@ -21,3 +21,6 @@ CREATE TABLE power_plans (
     report_json     TEXT
 );
 CREATE INDEX power_plans_by_site ON power_plans (site, created_at_ms);
+-- The plans in force are read every reconcile tick: those not ended yet are few, however many
+-- a year of intervals leaves behind.
+CREATE INDEX power_plans_by_end ON power_plans (ends_at_ms);
