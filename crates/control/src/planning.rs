@@ -217,12 +217,7 @@ async fn plan_due(
         match plan_site(store, &model.site, interval, now).await {
             Ok(plan) => {
                 planned += 1;
-                let hashing: u32 = plan
-                    .directive
-                    .asic_groups
-                    .iter()
-                    .map(|g| g.units_hashing)
-                    .sum();
+                let hashing = plan.directive.units_hashing();
                 tracing::info!(
                     site = %model.site, plan = %plan.id, hashing,
                     expected_meter_kw = plan.directive.expected_meter_kw,

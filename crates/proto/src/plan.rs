@@ -59,6 +59,22 @@ pub struct PlanDirective {
     pub expected_meter_kw: f64,
 }
 
+impl PlanDirective {
+    /// Miners in every ASIC group (saturating: a directive is data).
+    pub fn units(&self) -> u32 {
+        self.asic_groups
+            .iter()
+            .fold(0, |n: u32, g| n.saturating_add(g.units))
+    }
+
+    /// Miners the plan has hashing, in every group.
+    pub fn units_hashing(&self) -> u32 {
+        self.asic_groups
+            .iter()
+            .fold(0, |n: u32, g| n.saturating_add(g.units_hashing))
+    }
+}
+
 /// One ASIC group's target: its first `units_hashing` miners hash at `watts_per_unit`, the
 /// rest sleep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -5,29 +5,12 @@
 // Helpers outside `#[test]` fns panic on setup failures too; that is what a test wants.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-
-use wattmesh_proto::api::SiteSpec;
 use wattmesh_proto::energy::{MinerAck, MinerCounts, PowerSample};
 use wattmesh_store::{DrEventRecord, NewDrEvent, SqliteStore, Store, StoreError};
 
-async fn open(dir: &Path) -> SqliteStore {
-    SqliteStore::open(&dir.join("wattmesh.db")).await.unwrap()
-}
+mod common;
 
-/// Region `us` with sites `a` and `b`.
-async fn seed(s: &SqliteStore) {
-    s.create_region("us").await.unwrap();
-    for name in ["a", "b"] {
-        s.create_site(&SiteSpec {
-            name: name.into(),
-            region: "us".into(),
-            power_price_usd_per_mwh: 40.into(),
-        })
-        .await
-        .unwrap();
-    }
-}
+use common::{open, seed};
 
 fn sample(at_ms: i64, meter_kw: f64) -> PowerSample {
     PowerSample {

@@ -5,29 +5,13 @@
 // Helpers outside `#[test]` fns panic on setup failures too; that is what a test wants.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-
 use wattmesh_domain::planner::{IntervalPlan, SiteSpec};
-use wattmesh_proto::api::SiteSpec as NewSite;
 use wattmesh_proto::plan::{AsicTarget, PlanDirective, PlanOutcome, PlanReport};
-use wattmesh_store::{PowerPlanRecord, SqliteStore, Store, StoreError};
+use wattmesh_store::{PowerPlanRecord, Store, StoreError};
 
-async fn open(dir: &Path) -> SqliteStore {
-    SqliteStore::open(&dir.join("wattmesh.db")).await.unwrap()
-}
+mod common;
 
-async fn seed(s: &SqliteStore) {
-    s.create_region("us").await.unwrap();
-    for name in ["a", "b"] {
-        s.create_site(&NewSite {
-            name: name.into(),
-            region: "us".into(),
-            power_price_usd_per_mwh: 40.into(),
-        })
-        .await
-        .unwrap();
-    }
-}
+use common::{open, seed};
 
 fn model(site: &str) -> SiteSpec {
     toml::from_str(&format!(

@@ -327,12 +327,7 @@ async fn seed_power_models(client: &ControlClient, miners: u32) {
             .await
         {
             Ok(plan) => {
-                let hashing: u32 = plan
-                    .directive
-                    .asic_groups
-                    .iter()
-                    .map(|g| g.units_hashing)
-                    .sum();
+                let hashing = plan.directive.units_hashing();
                 println!(
                     "planned {site}: {hashing} of {miners} miners hashing, {:.0} kW at the meter (wattmesh planner plans {site})",
                     plan.directive.expected_meter_kw

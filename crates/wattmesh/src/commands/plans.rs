@@ -121,8 +121,7 @@ fn print_plans(plans: &[PowerPlan]) {
     ]);
     for p in plans {
         let d = &p.directive;
-        let hashing: u32 = d.asic_groups.iter().map(|g| g.units_hashing).sum();
-        let units: u32 = d.asic_groups.iter().map(|g| g.units).sum();
+        let (hashing, units) = (d.units_hashing(), d.units());
         let watts = d
             .asic_groups
             .iter()
