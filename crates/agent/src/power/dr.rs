@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
-
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +26,7 @@ use wattmesh_proto::energy::{DrAcks, DrDirective, MinerAck, PowerSample};
 use wattmesh_proto::plan::{PlanDirective, PlanReport};
 
 use super::plan::{self, Applied};
+use super::sample::read_miners;
 use super::{PowerConfig, instant_at, ms_until, now_ms};
 use crate::client::{CallError, ControlClient};
 use crate::state::{Shedding, StateDir};
@@ -171,8 +170,9 @@ impl DrExecutor {
                 log_directive(site, dr.as_ref(), true);
                 seen.clone_from(&dr);
             }
-            let wait = match (phase(dr.as_ref(), now_ms()), dr) {
-                (Phase::During, Some(d))
+            let pending = pending_plan(&desired.borrow(), applied.as_deref());
+            let wait = match (phase(dr.as_ref(), now_ms()), dr, pending) {
+                (Phase::During, Some(d), _)
                     if finished != Some((d.event_id.clone(), d.ends_at_ms)) =>
                 {
                     let key = (d.event_id.clone(), d.ends_at_ms);
@@ -183,17 +183,14 @@ impl DrExecutor {
                     applied = None;
                     continue;
                 }
-                (_, _) if pending_plan(&desired.borrow(), applied.as_deref()).is_some() => {
-                    let Some(p) = pending_plan(&desired.borrow(), applied.as_deref()) else {
-                        continue;
-                    };
+                (_, _, Some(p)) => {
                     match self.apply_plan(&p).await {
                         Exit::Done => applied = Some(p.plan_id),
                         Exit::Shutdown => return,
                     }
                     continue;
                 }
-                (Phase::Before(wait), _) => Some(wait.min(RECHECK)),
+                (Phase::Before(wait), _, None) => Some(wait.min(RECHECK)),
                 _ => None,
             };
             tokio::select! {
@@ -484,7 +481,17 @@ impl DrExecutor {
         assignment: &plan::Assignment,
         applied: &mut Applied,
     ) -> Result<(), FleetError> {
-        let now = telemetry(&self.miners, &self.opts).await;
+        let clients: Vec<MinerClient> = self
+            .miners
+            .iter()
+            .map(|&addr| MinerClient::new(addr, self.opts.timeout))
+            .collect();
+        // A miner that does not answer is left out, so it is commanded.
+        let now: HashMap<SocketAddr, Telemetry> = read_miners(&clients, self.opts.parallelism)
+            .await
+            .into_iter()
+            .filter_map(|(addr, t)| Some((addr, t?)))
+            .collect();
         let asleep = |m: &SocketAddr| now.get(m).is_some_and(|t| self.opts.is_asleep(t));
         let hashing = |m: &SocketAddr| now.get(m).is_some_and(|t| self.opts.is_hashing(t));
         let to_sleep: Vec<SocketAddr> = assignment
@@ -585,28 +592,6 @@ impl DrExecutor {
             }
         }
     }
-}
-
-/// Every miner's own reading now (`parallelism` at a time); a miner that does not answer is
-/// left out, so it is commanded.
-async fn telemetry(miners: &[SocketAddr], opts: &FleetOptions) -> HashMap<SocketAddr, Telemetry> {
-    // Futures built before the stream, and no closure over borrowed items in it: the task
-    // stays `Send` (see `crates/miner/tests/spawnable.rs`).
-    let timeout = opts.timeout;
-    let reads: Vec<_> = miners
-        .iter()
-        .map(|&addr| async move {
-            let client = MinerClient::new(addr, timeout);
-            (addr, fleet::telemetry(&client).await.ok())
-        })
-        .collect();
-    let read: Vec<(SocketAddr, Option<Telemetry>)> = stream::iter(reads)
-        .buffer_unordered(opts.parallelism.max(1))
-        .collect()
-        .await;
-    read.into_iter()
-        .filter_map(|(addr, t)| Some((addr, t?)))
-        .collect()
 }
 
 /// The plan in force that has not been applied yet, if any.

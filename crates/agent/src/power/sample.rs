@@ -6,6 +6,7 @@
 //! bounded by the fleet's `timeout`, and the miners are read `parallelism` at a time, so a
 //! round takes about one timeout at worst, not one per dead miner.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -106,7 +107,10 @@ impl Sampler {
             meter_kw,
             meter_kwh,
             meter_error,
-            miners: count(&miners, &self.opts),
+            miners: count(
+                &miners.into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
+                &self.opts,
+            ),
         }
     }
 }
@@ -122,8 +126,12 @@ async fn read_meter(meter: Option<&mut MeterClient>) -> (Option<f64>, Option<f64
     }
 }
 
-/// Every miner's telemetry (`None`: it did not answer), `parallelism` at a time.
-async fn read_miners(miners: &[MinerClient], parallelism: usize) -> Vec<Option<Telemetry>> {
+/// Every miner's telemetry (`None`: it did not answer), `parallelism` at a time, in no
+/// particular order. The DR executor reads the miners with it too, before applying a plan.
+pub(super) async fn read_miners(
+    miners: &[MinerClient],
+    parallelism: usize,
+) -> Vec<(SocketAddr, Option<Telemetry>)> {
     // The reads are built into a Vec first, so no closure type is part of the stream's: a
     // closure returning a borrowing future would make the task's future not provably `Send`.
     let reads: Vec<_> = miners.iter().map(read_miner).collect();
@@ -133,12 +141,12 @@ async fn read_miners(miners: &[MinerClient], parallelism: usize) -> Vec<Option<T
         .await
 }
 
-async fn read_miner(client: &MinerClient) -> Option<Telemetry> {
+async fn read_miner(client: &MinerClient) -> (SocketAddr, Option<Telemetry>) {
     match fleet::telemetry(client).await {
-        Ok(t) => Some(t),
+        Ok(t) => (client.addr, Some(t)),
         Err(e) => {
             tracing::debug!(miner = %client.addr, "no telemetry: {e}");
-            None
+            (client.addr, None)
         }
     }
 }
