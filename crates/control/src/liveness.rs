@@ -1,5 +1,5 @@
-//! Which sites are alive: the instant of each site's last heartbeat, on tokio's clock so
-//! tests can pause and advance it. Kept in memory only: after a restart every site that ever
+//! Which sites (and gateway processes) are alive: the instant of each one's last heartbeat
+//! (for a gateway, its last config poll), on tokio's clock so tests can pause and advance it. Kept in memory only: after a restart every site that ever
 //! heartbeated gets one timeout of grace, so a restart does not make the whole fleet look
 //! lost and reshuffle replicas before the agents have had a chance to call in.
 
@@ -57,6 +57,19 @@ impl Liveness {
             .collect()
     }
 
+    /// Forgets whoever went stale and counts the rest. For names that come and go (a
+    /// gateway process's id is new at each start), so the map does not grow forever; for
+    /// sites nothing changes either, since a name not seen reads as not ready.
+    pub(crate) fn prune_and_count(&self) -> usize {
+        let now = Instant::now();
+        let mut seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        seen.retain(|_, t| self.fresh(*t, now));
+        seen.len()
+    }
+
     fn fresh(&self, seen: Instant, now: Instant) -> bool {
         now.saturating_duration_since(seen) < self.timeout
     }
@@ -79,9 +92,19 @@ mod tests {
         assert!(!live.is_ready("a"));
         assert!(live.ready_sites().is_empty());
         assert!(!live.beat("a"), "back after going stale");
+        live.beat("b");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        live.beat("b");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(
+            live.prune_and_count(),
+            1,
+            "a is stale and forgotten; b is live"
+        );
+        assert!(!live.beat("a"), "a forgotten name reads as not ready");
         assert_eq!(
             live.ready_sites().into_iter().collect::<Vec<_>>(),
-            vec!["a".to_owned()]
+            vec!["a".to_owned(), "b".to_owned()]
         );
     }
 }

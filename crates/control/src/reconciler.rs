@@ -26,6 +26,10 @@ use crate::{plan, views};
 /// How often a step runs even when nothing asked for one (staleness has no event).
 pub(crate) const TICK: Duration = Duration::from_secs(1);
 
+/// A gateway process counts as live this long after its last config poll: longer than one
+/// long poll (25 s as gateways ask, 30 s at most) plus a retry's back-off.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(45);
+
 const GATEWAY_SCOPE: &str = "gateway";
 
 fn site_scope(site: &str) -> String {
@@ -69,6 +73,10 @@ struct StepState {
 pub(crate) struct Reconciler {
     store: Arc<dyn Store>,
     pub(crate) liveness: Liveness,
+    /// Gateway processes polling the config: how many share every rate limit. In memory like
+    /// sites' liveness; after a restart each gateway counts again at its next poll (until
+    /// then the ones already back enforce a larger share, briefly).
+    pub(crate) gateways: Liveness,
     /// Replicas' access tokens by (site, replica id), as their agents reported them. In memory
     /// only — a credential is never written to the store — and forgotten on restart like
     /// every other replica report; agents tell it again within a heartbeat.
@@ -85,6 +93,7 @@ impl Reconciler {
         Ok(Self {
             store,
             liveness,
+            gateways: Liveness::new(GATEWAY_TIMEOUT),
             replica_tokens: std::sync::Mutex::default(),
             step: Mutex::new(StepState {
                 versions,
@@ -185,7 +194,7 @@ impl Reconciler {
             .into_iter()
             .map(|p| (p.site, p.directive))
             .collect();
-        let gateway = views::gateway_config(&views::GatewayInputs {
+        let mut gateway = views::gateway_config(&views::GatewayInputs {
             keys: &store.list_api_keys().await?,
             tenants: &store.list_tenants().await?,
             prices: &store.list_prices().await?,
@@ -202,6 +211,9 @@ impl Reconciler {
             // Keys expire and prices come into force with time: the tick republishes.
             now_ms,
         });
+        gateway.gateways = u32::try_from(self.gateways.prune_and_count())
+            .unwrap_or(u32::MAX)
+            .max(1);
 
         let mut next = Published {
             unschedulable: plan.unschedulable,

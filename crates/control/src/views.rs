@@ -334,6 +334,8 @@ pub(crate) fn gateway_config(inputs: &GatewayInputs<'_>) -> GatewayConfig {
     GatewayConfig {
         version: 0,
         gateway: String::new(),
+        // Counted by the reconciler, which knows the live gateways.
+        gateways: 1,
         keys,
         tenants,
         prices: prices_in_force(prices, now_ms),

@@ -120,6 +120,45 @@ async fn the_gateway_token_is_refused_everywhere_but_its_own_routes() {
     assert_eq!(status, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn the_config_counts_the_live_gateway_processes_that_share_every_limit() {
+    let h = harness().await;
+    let (status, created) = h
+        .admin(Method::POST, "/api/v1/gateways", Some(r#"{"name":"gw-2"}"#))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let second = created["token"].as_str().unwrap().to_owned();
+    let poll = |token: String, instance: &'static str| {
+        let control = &h.control;
+        async move {
+            let uri = format!("/api/v1/gateway/config?instance={instance}");
+            let (status, config) = call(control, Method::GET, &uri, Some(&token), None).await;
+            assert_eq!(status, StatusCode::OK, "{config}");
+            config["gateways"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(poll(h.gateway.clone(), "a").await, 1);
+    assert_eq!(
+        poll(h.gateway.clone(), "b").await,
+        2,
+        "two processes on one token"
+    );
+    assert_eq!(
+        poll(second.clone(), "a").await,
+        3,
+        "instance ids are per gateway"
+    );
+    assert_eq!(
+        poll(h.gateway.clone(), "a").await,
+        3,
+        "a process polling again counts once"
+    );
+    // A gateway that names no instance is one process of its name.
+    let (status, config) = h.gateway(Method::GET, "/api/v1/gateway/config", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(config["gateways"], 4);
+}
+
 /// (what, method, uri, body, expected status)
 type Case<'a> = (&'a str, Method, &'a str, Option<&'a str>, StatusCode);
 
@@ -180,6 +219,7 @@ async fn broken_money_inputs_get_4xx_and_change_nothing() {
         ("usage of a ghost", get.clone(), "/api/v1/usage?tenant=ghost", None, nf),
         ("usage with an unknown parameter", get.clone(), "/api/v1/usage?project=x", None, bad),
     ];
+    let long_instance = format!("/api/v1/gateway/config?instance={}", "i".repeat(300));
     #[rustfmt::skip]
     let gateway_cases: &[Case] = &[
         ("batch not JSON", post.clone(), "/api/v1/usage/batches", Some("events"), bad),
@@ -192,6 +232,8 @@ async fn broken_money_inputs_get_4xx_and_change_nothing() {
         ("lease for pay-as-you-go", post.clone(), "/api/v1/gateway/leases", Some(r#"{"tenant":"acme","need":"1"}"#), bad),
         ("lease of a negative need", post.clone(), "/api/v1/gateway/leases", Some(r#"{"tenant":"initech","need":"-1"}"#), bad),
         ("bad watch query", get.clone(), "/api/v1/gateway/config?after=soon", None, bad),
+        ("instance too long", get.clone(), &long_instance, None, bad),
+        ("instance with a control character", get.clone(), "/api/v1/gateway/config?instance=a%01b", None, bad),
     ];
     let mut failures = Vec::new();
     for (cases, admin) in [(admin_cases, true), (gateway_cases, false)] {

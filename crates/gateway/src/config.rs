@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub version: u64,
     /// This gateway's name, as the control plane knows it.
     pub gateway: String,
+    /// How many live gateways share every rate limit (at least 1).
+    pub gateways: u32,
     /// Keys by the hex SHA-256 of their secret.
     pub keys: HashMap<String, Arc<GatewayKey>>,
     pub tenants: HashMap<String, GatewayTenant>,
@@ -39,6 +41,7 @@ impl Snapshot {
             loaded: true,
             version: config.version,
             gateway: config.gateway,
+            gateways: config.gateways.max(1),
             keys: config
                 .keys
                 .into_iter()

@@ -5,9 +5,10 @@
 //! use.
 //!
 //! Limits come with the config; a changed limit applies to the bucket at its next use, so a
-//! new config is in force for the next request. Each gateway enforces the whole limit: with N
-//! gateways behind a load balancer a tenant can get up to N times its limit (see
-//! ARCHITECTURE.md).
+//! new config is in force for the next request. A limit is the whole fleet's: the config says
+//! how many gateways are live, and each enforces its share ([`Bucket::shared`]; concurrency
+//! rounded up), so behind a load balancer that spreads requests a tenant gets its limit, and
+//! at most one request per gateway more (see ARCHITECTURE.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +25,8 @@ pub struct Ask<'a> {
     pub tenant_limits: Limits,
     /// The request's worst case: prompt bound plus `max_tokens`.
     pub tokens: u64,
+    /// How many gateways share every limit (this one's share is `1/gateways`).
+    pub gateways: u32,
     pub now_ms: i64,
 }
 
@@ -85,20 +88,30 @@ impl Scope {
         }
     }
 
-    /// Brings the buckets in line with `limits` (new, changed or removed).
-    fn apply(&mut self, limits: Limits, now_ms: i64) {
-        sync(&mut self.rpm, limits.rpm, now_ms);
-        sync(&mut self.tpm, limits.tpm, now_ms);
+    /// Brings the buckets in line with `limits` and this gateway's share (new, changed or
+    /// removed).
+    fn apply(&mut self, limits: Limits, gateways: u32, now_ms: i64) {
+        sync(&mut self.rpm, limits.rpm, gateways, now_ms);
+        sync(&mut self.tpm, limits.tpm, gateways, now_ms);
     }
 }
 
-fn sync(bucket: &mut Option<Bucket>, limit: Option<u32>, now_ms: i64) {
+fn sync(bucket: &mut Option<Bucket>, limit: Option<u32>, gateways: u32, now_ms: i64) {
+    let gateways = gateways.max(1);
     match (bucket.as_mut(), limit) {
         (_, None) => *bucket = None,
-        (None, Some(l)) => *bucket = Some(Bucket::new(l, now_ms)),
-        (Some(b), Some(l)) if b.limit() != u64::from(l) => b.set_limit(l, now_ms),
+        (None, Some(l)) => *bucket = Some(Bucket::shared(l, gateways, now_ms)),
+        (Some(b), Some(l)) if b.limit() != u64::from(l) || b.share() != gateways => {
+            b.set_limit(l, gateways, now_ms);
+        }
         (Some(_), Some(_)) => {}
     }
+}
+
+/// This gateway's slots of a concurrency limit shared by `gateways`: rounded up, so every
+/// gateway can run at least one request.
+fn concurrency_share(max: u32, gateways: u32) -> u32 {
+    max.div_ceil(gateways.max(1))
 }
 
 /// Every scope's buckets. One lock for all: each check is a few arithmetic operations, far
@@ -136,9 +149,9 @@ impl RateLimiter {
         let mut reason: Option<String> = None;
         for (id, limits, what) in plan {
             let scope = scopes.entry(id.clone()).or_insert_with(Scope::new);
-            scope.apply(limits, ask.now_ms);
+            scope.apply(limits, ask.gateways, ask.now_ms);
             if let Some(max) = limits.concurrency
-                && scope.in_flight >= max
+                && scope.in_flight >= concurrency_share(max, ask.gateways)
             {
                 reason.get_or_insert(format!(
                     "Too many requests in flight for this {what}: the limit is {max} at once."
@@ -289,6 +302,7 @@ mod tests {
             tenant: "t1",
             tenant_limits,
             tokens,
+            gateways: 1,
             now_ms,
         }
     }
@@ -378,6 +392,49 @@ mod tests {
                 .admit(ask(Limits::default(), Limits::default(), 1, 0))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn two_gateways_each_enforce_half_of_every_limit_and_show_the_whole() {
+        let limiter = Arc::new(RateLimiter::default());
+        let key = limits(Some(10), Some(1000), Some(3));
+        let shared = |tokens, now_ms| Ask {
+            gateways: 2,
+            ..ask(key, Limits::default(), tokens, now_ms)
+        };
+        let mut held = Vec::new();
+        for i in 0..2 {
+            let (a, h) = limiter.admit(shared(1, 0)).unwrap();
+            let requests = h.requests.unwrap();
+            assert_eq!(requests.limit, 10, "the whole limit in the headers");
+            assert_eq!(requests.remaining, 8 - 2 * i, "what the fleet has left");
+            held.push(a);
+        }
+        // Concurrency 3 over two gateways: 2 here (rounded up).
+        let refusal = limiter.admit(shared(1, 0)).unwrap_err();
+        assert!(
+            refusal.message.contains("the limit is 3"),
+            "{}",
+            refusal.message
+        );
+        for a in held.drain(..) {
+            a.finish(1, 0);
+        }
+        // Five requests per minute here: three more, then refused.
+        for _ in 0..3 {
+            limiter.admit(shared(1, 0)).unwrap().0.finish(1, 0);
+        }
+        let refusal = limiter.admit(shared(1, 0)).unwrap_err();
+        assert!(refusal.message.contains("limit 10"), "{}", refusal.message);
+        assert_eq!(refusal.retry_after_s, 12, "half the refill rate");
+        // The other gateway gone, the whole limit is this one's again, refilling at its rate:
+        // half a request by 6 s at the shared rate, the other half by 9 s at the whole.
+        assert!(
+            limiter
+                .admit(ask(key, Limits::default(), 1, 6_000))
+                .is_err()
+        );
+        assert!(limiter.admit(ask(key, Limits::default(), 1, 9_000)).is_ok());
     }
 
     #[test]

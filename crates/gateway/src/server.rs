@@ -361,6 +361,7 @@ async fn proxy(
             tenant: &key.tenant,
             tenant_limits,
             tokens: worst_prompt + worst_completion,
+            gateways: snap.gateways,
             now_ms: started_at_ms,
         })
         .map_err(|refusal| {

@@ -73,6 +73,7 @@ pub fn config(version: u64, models: Vec<ModelRoute>) -> GatewayConfig {
     GatewayConfig {
         version,
         gateway: "gw-test".into(),
+        gateways: 1,
         keys: vec![key(KEY)],
         tenants: Vec::new(),
         prices: Vec::new(),

@@ -1,6 +1,7 @@
 //! Watches the control plane's gateway config by long-polling
-//! `GET /api/v1/gateway/config?after=V&wait_s=25` and publishes each new version to the request
-//! handlers. On any failure it keeps the last config and retries with capped backoff, so
+//! `GET /api/v1/gateway/config?after=V&wait_s=25&instance=I` and publishes each new version to
+//! the request handlers. `I` is new at every start: the control plane counts the live
+//! processes, whose number divides every rate limit among them. On any failure it keeps the last config and retries with capped backoff, so
 //! customers are served while the control plane is away (static stability).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,17 +56,18 @@ pub async fn watch_control(
     shutdown: CancellationToken,
 ) {
     let base = control_url.trim_end_matches('/').to_owned();
+    let instance = uuid::Uuid::new_v4().simple().to_string();
     let mut backoff = BACKOFF_MIN;
     loop {
         let current = state.snapshot();
         // The first poll asks for whatever is current; later ones wait for a change.
         let url = if current.loaded {
             format!(
-                "{base}/api/v1/gateway/config?after={}&wait_s={WAIT_S}",
+                "{base}/api/v1/gateway/config?after={}&wait_s={WAIT_S}&instance={instance}",
                 current.version
             )
         } else {
-            format!("{base}/api/v1/gateway/config")
+            format!("{base}/api/v1/gateway/config?instance={instance}")
         };
         let fetch = async {
             state

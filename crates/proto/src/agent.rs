@@ -107,7 +107,7 @@ pub struct ReplicaAssignment {
     pub artifact: String,
 }
 
-/// Query of `GET /api/v1/agent/desired` and `GET /api/v1/gateway/config`.
+/// Query of `GET /api/v1/agent/desired`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct WatchQuery {
     /// The version the caller has; the call waits while the current one equals it.

@@ -3,8 +3,9 @@
 //! gateway keeps the last copy it got, so it keeps serving when the control plane is
 //! unreachable.
 //!
-//! `GET /api/v1/gateway/config?after=V&wait_s=S` (gateway token), long-polled like the agent's
-//! desired state.
+//! `GET /api/v1/gateway/config?after=V&wait_s=S&instance=I` (gateway token), long-polled like
+//! the agent's desired state; `instance` tells gateway processes apart, so the control plane
+//! counts the live ones that share every rate limit.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -22,11 +23,30 @@ pub const PRIORITY_HEADER: &str = "x-wattmesh-priority";
 /// its prompt. Never relayed to the client.
 pub const PROMPT_TOKENS_HEADER: &str = "x-wattmesh-prompt-tokens";
 
+/// Query of `GET /api/v1/gateway/config`: the long poll's, and which gateway process asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayWatchQuery {
+    /// The version the caller has; the call waits while the current one equals it.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// Longest wait in seconds (capped by the server).
+    #[serde(default)]
+    pub wait_s: Option<u64>,
+    /// This gateway process, picked at its start: processes sharing one token are counted
+    /// apart. Without it the gateway's name stands for one process.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GatewayConfig {
     pub version: u64,
     /// The gateway's own name, as its token says.
     pub gateway: String,
+    /// How many gateways are live and share every rate limit: each enforces its
+    /// `1/gateways` (0, from a control plane that does not count them, is taken as 1).
+    #[serde(default)]
+    pub gateways: u32,
     pub keys: Vec<GatewayKey>,
     pub tenants: Vec<GatewayTenant>,
     pub prices: Vec<GatewayPrice>,

@@ -8,7 +8,7 @@ use axum::extract::State;
 use wattmesh_domain::pricing::{lease_grant, price_at};
 use wattmesh_proto::agent::WatchQuery;
 use wattmesh_proto::api::{ApiError, BillingPlan};
-use wattmesh_proto::gateway::GatewayConfig;
+use wattmesh_proto::gateway::{GatewayConfig, GatewayWatchQuery};
 use wattmesh_proto::usage::{IngestReceipt, LeaseGrant, LeaseRequest, UsageBatch, UsageEvent};
 use wattmesh_store::RatedEvent;
 
@@ -20,15 +20,31 @@ use crate::views;
 
 #[utoipa::path(get, path = "/api/v1/gateway/config", tag = "gateway",
     params(("after" = Option<u64>, Query, description = "Version the gateway has; waits while current equals it"),
-        ("wait_s" = Option<u64>, Query, description = "Longest wait in seconds (at most 30)")),
+        ("wait_s" = Option<u64>, Query, description = "Longest wait in seconds (at most 30)"),
+        ("instance" = Option<String>, Query, description = "This gateway process (picked at its start), so processes sharing a token are counted apart")),
     responses((status = 200, body = GatewayConfig), (status = 401, body = ApiError)),
     security(("gateway_token" = [])))]
 pub(crate) async fn gateway_config(
     State(s): State<AppState>,
     GatewayCaller(gateway): GatewayCaller,
-    Query(query): Query<WatchQuery>,
+    Query(query): Query<GatewayWatchQuery>,
 ) -> Result<Json<GatewayConfig>, ControlError> {
-    let published = long_poll(&s, query, |p| p.gateway.version).await;
+    let instance = query.instance.as_deref().unwrap_or_default();
+    if instance.len() > MAX_FIELD || instance.chars().any(char::is_control) {
+        return Err(ControlError::BadRequest(format!(
+            "instance must be at most {MAX_FIELD} bytes of printable text"
+        )));
+    }
+    // A gateway that was not counted changes every gateway's share of the limits: the config
+    // it gets, and the one the others are waiting on, carry the new count.
+    if !s.reconciler.gateways.beat(&format!("{gateway}/{instance}")) {
+        s.reconciler.nudge().await;
+    }
+    let watch = WatchQuery {
+        after: query.after,
+        wait_s: query.wait_s,
+    };
+    let published = long_poll(&s, watch, |p| p.gateway.version).await;
     Ok(Json(GatewayConfig {
         gateway,
         ..published.gateway.clone()
