@@ -153,9 +153,9 @@ def test_a_dr_event_sleeps_a_sites_miners_the_meter_follows_and_traffic_moves(fl
 
 def test_each_site_is_planned_and_its_agent_applies_and_confirms_the_plan(fleet):
     """The live planner in `wattmesh up`: every site has a power model and a plan its agent
-    applied and confirmed; in a market where mining no longer pays at the site's tariff, a
-    replan puts every miner to sleep (confirmed by the miners and the meter), and when mining
-    pays again the next plan wakes them."""
+    applied and confirmed; a price spike imported for the site (a market CSV, through the CLI)
+    replans it and puts every miner to sleep (confirmed by the miners and the meter), and the
+    corrected prices wake them."""
     from test_money import wait_for
 
     site = "addis-1"
@@ -180,11 +180,26 @@ def test_each_site_is_planned_and_its_agent_applies_and_confirms_the_plan(fleet)
         rows = json.loads(miners("status", "--miners", "@" + miner_list, "--json").stdout)
         return {r["state"] for r in rows}
 
-    # BTC at $10k: hashprice ≈ $4.35/PH/day, break-even ≈ $10/MWh, below addis-1's $31.
-    fleet.cli("market", "set", "--btc-usd", "10000", "--difficulty", "144.4e12",
-              "--fees-btc-per-block", "0")
+    def prices_file(usd_per_mwh: float) -> str:
+        """An hour of 15-minute prices from the interval at hand, as a market exports them."""
+        start = int(time.time()) // 900 * 900
+        path = fleet.data_dir / f"prices-{usd_per_mwh:g}.csv"
+        path.write_text("timestamp,usd_per_mwh\n" + "".join(
+            f"{start + i * 900},{usd_per_mwh}\n" for i in range(4)))
+        return str(path)
+
+    def imported(usd_per_mwh: float) -> dict:
+        receipt = json.loads(fleet.cli("planner", "site-prices", "import", site, "--file",
+                                       prices_file(usd_per_mwh), "--json").stdout)
+        assert receipt["imported"] == 4 and receipt["replanned"], receipt
+        plans = json.loads(fleet.cli("planner", "plans", site, "--limit", "1", "--json").stdout)
+        assert plans[0]["id"] == receipt["replanned"], (plans, receipt)
+        assert plans[0]["interval"]["usd_per_mwh"] == usd_per_mwh, plans[0]["interval"]
+        return plans[0]
+
+    # A $3,000/MWh spike: far above the S21's break-even at February 2026's hashprice.
+    plan = imported(3000.0)
     try:
-        plan = json.loads(fleet.cli("planner", "run", site, "--json").stdout)
         assert [g["units_hashing"] for g in plan["directive"]["asic_groups"]] == [0], plan
         report = wait_for("the agent to sleep every miner and report it",
                           reported(plan["id"]), timeout=120)
@@ -194,11 +209,11 @@ def test_each_site_is_planned_and_its_agent_applies_and_confirms_the_plan(fleet)
         assert states() == {"asleep"}
         shown = fleet.cli("planner", "plans", site, "--limit", "1").stdout
         assert "applied" in shown and "0/100" in shown, shown
+        listed = fleet.cli("planner", "site-prices", "show", site).stdout
+        assert "3000.00" in listed and "tariff" in listed, listed
     finally:
-        # February 2026's market again (FACTS.md): mining pays at every demo site.
-        fleet.cli("market", "set", "--btc-usd", "68500", "--difficulty", "144.4e12",
-                  "--fees-btc-per-block", "0.02")
-    plan = json.loads(fleet.cli("planner", "run", site, "--json").stdout)
+        # The market's corrected figures replace the spike: mining pays again.
+        plan = imported(20.0)
     assert [g["units_hashing"] for g in plan["directive"]["asic_groups"]] == [100], plan
     # Two waves 30 s apart, each ramping up for two minutes (FACTS.md's S21).
     report = wait_for("the agent to wake every miner and report it", reported(plan["id"]),
@@ -215,3 +230,7 @@ def test_each_site_is_planned_and_its_agent_applies_and_confirms_the_plan(fleet)
     assert bad.returncode != 0 and "name" in bad.stderr, bad.stderr
     bad = fleet.cli("planner", "plans", site, "--limit", "0", check=False)
     assert bad.returncode != 0 and "limit" in bad.stderr, bad.stderr
+    gap = fleet.data_dir / "gap.csv"
+    gap.write_text("timestamp,usd_per_mwh\n0,10\n900,10\n2700,10\n")
+    bad = fleet.cli("planner", "site-prices", "import", site, "--file", str(gap), check=False)
+    assert bad.returncode != 0 and "line 4" in bad.stderr, bad.stderr

@@ -1,5 +1,6 @@
 //! The live planner's driver: at the start of every planning interval (and when an operator
-//! asks), each site with a power model is planned for the interval at hand — from its tariff,
+//! asks, or imports prices), each site with a power model is planned for the interval at hand —
+//! from its imported prices (its tariff where they end),
 //! the Bitcoin market in force, the DR events ahead and the miners' draw at the last sample —
 //! and the plan is stored; the reconciler then hands it to the site's agent in its desired
 //! state. The decision itself is `wattmesh_domain::planner::live`; here are only reads, the
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use wattmesh_domain::market::{IntervalLength, NetworkSpec};
+use wattmesh_domain::market::{IntervalLength, NetworkSpec, PricePoint};
 use wattmesh_domain::planner::live::{LiveInputs, LivePlan, plan_now};
 use wattmesh_domain::planner::{DrEventSpec, PlanError, SiteSpec};
 use wattmesh_proto::plan::{AsicTarget, GpuTarget, PlanDirective};
@@ -104,11 +105,24 @@ async fn live_inputs(
         .filter(|s| now_ms - s.at_ms <= SAMPLE_FRESH_MS && s.miners.total > 0)
         .map(|s| s.miners.kw);
     let bitcoin = market_in_force(&store.list_market_snapshots().await?, now_ms);
+    let prices = store
+        .site_prices(&site.name, now_ms - len_ms, horizon_end_ms)
+        .await?
+        .into_iter()
+        .filter_map(|p| {
+            Some(PricePoint {
+                start_unix_s: p.starts_at_ms.div_euclid(1000),
+                interval: IntervalLength::from_seconds(p.interval_s)?,
+                usd_per_mwh: p.usd_per_mwh,
+            })
+        })
+        .collect();
     Ok(LiveInputs {
         now_unix_s: now_ms.div_euclid(1000),
         interval,
         horizon: HORIZON,
-        usd_per_mwh: f64::try_from(site.power_price_usd_per_mwh).unwrap_or(f64::NAN),
+        tariff_usd_per_mwh: f64::try_from(site.power_price_usd_per_mwh).unwrap_or(f64::NAN),
+        prices,
         // None: the model's own `bitcoin`, if it has one.
         bitcoin: bitcoin.or(spec.bitcoin),
         dr_events,

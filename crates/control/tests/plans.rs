@@ -249,3 +249,129 @@ async fn broken_asks_are_refused_and_change_nothing() {
         Some(r#"{"outcome":"applied","at_ms":1,"miners_hashing":0,"miners_asleep":0,"miners_unconfirmed":0}"#)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// The current 15-minute interval's start, RFC 3339.
+fn this_interval() -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    time::OffsetDateTime::from_unix_timestamp(now - now.rem_euclid(900))
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+async fn import(h: &Harness, site: &str, body: &Value) -> (StatusCode, Value) {
+    h.admin(
+        Method::PUT,
+        &format!("/api/v1/sites/{site}/prices"),
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn imported_prices_replan_the_site_and_the_tariff_rules_where_they_end() {
+    let h = harness().await;
+    register(&h, "spiky", "30").await;
+    set_model(&h, "spiky", &model("spiky")).await;
+    let (_, plan) = plan_now(&h, "spiky").await;
+    assert_eq!(hashing(&plan), 10, "the $30 tariff: all hash");
+
+    // A $3,000 spike over this interval and the next (two, so a test at an interval's last
+    // instant still plans inside it).
+    let start = this_interval();
+    let mut spike =
+        json!({"start": start, "interval_minutes": 15, "usd_per_mwh": [3000.0, 3000.0]});
+    let (status, receipt) = import(&h, "spiky", &spike).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(
+        (receipt["imported"].as_u64(), receipt["replaced"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let replanned = receipt["replanned"]
+        .as_str()
+        .expect("the site was replanned");
+    let (_, plans) = h
+        .admin(Method::GET, "/api/v1/sites/spiky/plans?limit=1", None)
+        .await;
+    assert_eq!(plans[0]["id"], replanned);
+    assert_eq!(
+        hashing(&plans[0]),
+        0,
+        "the spike sleeps every miner: {}",
+        plans[0]
+    );
+    assert_eq!(plans[0]["interval"]["usd_per_mwh"], 3000.0);
+
+    // The prices read back, with the tariff that rules elsewhere.
+    let (status, shown) = h
+        .admin(
+            Method::GET,
+            &format!("/api/v1/sites/spiky/prices?from={start}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["tariff_usd_per_mwh"], "30");
+    assert_eq!(shown["prices"][0]["usd_per_mwh"], 3000.0);
+    assert_eq!(shown["prices"][0]["interval_minutes"], 15);
+
+    // A corrected file (5-minute prices at $20) replaces it: all hash again.
+    spike["interval_minutes"] = json!(5);
+    spike["usd_per_mwh"] = json!(vec![20.0; 6]);
+    let (status, receipt) = import(&h, "spiky", &spike).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["replaced"], 2);
+    let (_, plans) = h
+        .admin(Method::GET, "/api/v1/sites/spiky/plans?limit=1", None)
+        .await;
+    assert_eq!(hashing(&plans[0]), 10, "{}", plans[0]);
+}
+
+#[tokio::test]
+async fn broken_price_imports_and_reads_are_refused_and_change_nothing() {
+    let h = harness().await;
+    register(&h, "s", "30").await;
+    let ok =
+        json!({"start": "2026-12-01T00:00:00Z", "interval_minutes": 15, "usd_per_mwh": [10.0]});
+    let with = |field: &str, value: Value| {
+        let mut b = ok.clone();
+        b[field] = value;
+        b.to_string()
+    };
+    let bad = StatusCode::BAD_REQUEST;
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Method, &str, Option<String>, StatusCode)> = vec![
+        ("unknown site", Method::PUT, "/api/v1/sites/ghost/prices", Some(ok.to_string()), StatusCode::NOT_FOUND),
+        ("not JSON", Method::PUT, "/api/v1/sites/s/prices", Some("timestamp,usd_per_mwh".into()), bad),
+        ("unknown field", Method::PUT, "/api/v1/sites/s/prices", Some(with("currency", json!("EUR"))), bad),
+        ("bad start", Method::PUT, "/api/v1/sites/s/prices", Some(with("start", json!("yesterday"))), bad),
+        ("start off a whole second", Method::PUT, "/api/v1/sites/s/prices", Some(with("start", json!("2026-12-01T00:00:00.5Z"))), bad),
+        ("hourly prices", Method::PUT, "/api/v1/sites/s/prices", Some(with("interval_minutes", json!(60))), bad),
+        ("no prices", Method::PUT, "/api/v1/sites/s/prices", Some(with("usd_per_mwh", json!([]))), bad),
+        ("above the offer cap", Method::PUT, "/api/v1/sites/s/prices", Some(with("usd_per_mwh", json!([10.0, 5000.01]))), bad),
+        ("below the floor", Method::PUT, "/api/v1/sites/s/prices", Some(with("usd_per_mwh", json!([-1e9]))), bad),
+        ("a price as text", Method::PUT, "/api/v1/sites/s/prices", Some(with("usd_per_mwh", json!(["10"]))), bad),
+        ("read of an unknown site", Method::GET, "/api/v1/sites/ghost/prices", None, StatusCode::NOT_FOUND),
+        ("read backwards", Method::GET, "/api/v1/sites/s/prices?from=2026-12-02&to=2026-12-01", None, bad),
+        ("read of two years", Method::GET, "/api/v1/sites/s/prices?from=2025-01-01&to=2027-01-01", None, bad),
+        ("read with an unknown parameter", Method::GET, "/api/v1/sites/s/prices?site=s", None, bad),
+    ];
+    for (what, method, uri, body, want) in cases {
+        let (status, resp) = h.admin(method, uri, body.as_deref()).await;
+        assert_eq!(status, want, "{what}: {resp}");
+        assert!(resp["error"]["message"].is_string(), "{what}: {resp}");
+    }
+    let (status, shown) = h
+        .admin(
+            Method::GET,
+            "/api/v1/sites/s/prices?from=2020-01-01&to=2020-12-31",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["prices"], json!([]));
+    let (_, shown) = h
+        .admin(Method::GET, "/api/v1/sites/s/prices?from=2026-12-01", None)
+        .await;
+    assert_eq!(shown["prices"], json!([]), "nothing was stored");
+}

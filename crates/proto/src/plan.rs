@@ -6,6 +6,9 @@
 //! - `POST /api/v1/sites/{site}/plans` plans the site now → [`PowerPlan`];
 //!   `GET /api/v1/sites/{site}/plans?limit=N` → `[PowerPlan]`, newest first, each with the
 //!   agent's report once it came.
+//! - `PUT /api/v1/sites/{site}/prices` ([`PriceImport`]: a market's price series) →
+//!   [`PriceImportReceipt`]; `GET /api/v1/sites/{site}/prices?from=&to=` → [`SitePrices`]. The
+//!   planner prices what they cover and uses the site's fixed tariff elsewhere.
 //! - Agents: their desired state carries the site's current [`PlanDirective`];
 //!   `POST /api/v1/agent/plans/{id}/report` ([`PlanReport`]) says what was applied and what the
 //!   miners' own telemetry and the meter confirmed. A plan no report confirms is shown as
@@ -24,6 +27,48 @@ pub struct PowerModel {
     #[schema(value_type = Object)]
     pub spec: SiteSpec,
     pub updated_at: String,
+}
+
+/// A site's electricity prices as its market published them: one per interval from `start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceImport {
+    /// The first interval's start, RFC 3339.
+    pub start: String,
+    /// 5 or 15.
+    pub interval_minutes: u32,
+    /// USD/MWh per interval: negative prices are valid, above the $5,000 offer cap is not.
+    pub usd_per_mwh: Vec<f64>,
+}
+
+/// What an import stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PriceImportReceipt {
+    pub site: String,
+    pub imported: usize,
+    /// Stored points the import overlapped and replaced.
+    pub replaced: u64,
+    pub from: String,
+    pub to: String,
+    /// The plan made at once with the new prices, if the site has a power model.
+    pub replanned: Option<String>,
+}
+
+/// One stored price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SitePrice {
+    pub starts_at: String,
+    pub interval_minutes: u32,
+    pub usd_per_mwh: f64,
+}
+
+/// A site's imported prices over a range, and the tariff that applies where there are none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SitePrices {
+    pub site: String,
+    /// USD/MWh, decimal text.
+    pub tariff_usd_per_mwh: String,
+    pub prices: Vec<SitePrice>,
 }
 
 /// One plan made for one site and interval.

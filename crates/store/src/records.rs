@@ -362,6 +362,15 @@ pub struct DrTermsRecord {
     pub peak_charge_usd_per_kw: Option<Decimal>,
 }
 
+/// One imported electricity price of a site: `usd_per_mwh` for `interval_s` seconds from
+/// `starts_at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SitePricePoint {
+    pub starts_at_ms: i64,
+    pub interval_s: i64,
+    pub usd_per_mwh: f64,
+}
+
 /// A site's power model as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PowerModelRecord {

@@ -18,7 +18,8 @@ use crate::records::{
     AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, DrTermsRecord, GatewayRecord,
     MarketRecord, NewApiKey, NewDedicatedPrice, NewDrEvent, NewMarketSnapshot, NewPrice,
     NewReplica, NodeRecord, PowerModelRecord, PowerPlanRecord, RatedEvent, ReplicaRecord,
-    ReplicaSeconds, SiteHeartbeat, SiteRecord, TenantRecord, UsageQuery, UsageTotal,
+    ReplicaSeconds, SiteHeartbeat, SitePricePoint, SiteRecord, TenantRecord, UsageQuery,
+    UsageTotal,
 };
 
 /// Everything the control plane persists. Creating an object that exists is
@@ -245,6 +246,21 @@ pub trait Store: Send + Sync + 'static {
     -> Result<Vec<PowerPlanRecord>, StoreError>;
     /// Each site's newest plan whose interval contains `now_ms`: what agents are told.
     async fn current_power_plans(&self, now_ms: i64) -> Result<Vec<PowerPlanRecord>, StoreError>;
+    /// Stores a site's imported prices, removing every stored point they overlap; returns how
+    /// many were removed. `NotFound` for an unknown site; `Invalid` for no points, a price not
+    /// finite, or two points starting together.
+    async fn import_site_prices(
+        &self,
+        site: &str,
+        points: &[SitePricePoint],
+    ) -> Result<u64, StoreError>;
+    /// A site's imported prices overlapping `[from_ms, to_ms)`, by start.
+    async fn site_prices(
+        &self,
+        site: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SitePricePoint>, StoreError>;
 
     // --- the control plane's own secrets and watch versions ---
     async fn secret(&self, name: &str) -> Result<Option<String>, StoreError>;

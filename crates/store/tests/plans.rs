@@ -204,3 +204,84 @@ async fn broken_plans_are_refused_and_change_nothing() {
     }
     assert_eq!(ids(&s.power_plans("a", 10).await.unwrap()), ["p1"]);
 }
+
+fn price(starts_at_ms: i64, interval_s: i64, usd_per_mwh: f64) -> wattmesh_store::SitePricePoint {
+    wattmesh_store::SitePricePoint {
+        starts_at_ms,
+        interval_s,
+        usd_per_mwh,
+    }
+}
+
+#[tokio::test]
+async fn an_import_replaces_the_prices_it_overlaps_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    seed(&s).await;
+    // An hour of 15-minute prices, then a corrected 5-minute half hour in its middle.
+    let hour: Vec<_> = (0..4)
+        .map(|i| price(i * 900_000, 900, 40.0 + i as f64))
+        .collect();
+    assert_eq!(s.import_site_prices("a", &hour).await.unwrap(), 0);
+    let fix: Vec<_> = (0..6)
+        .map(|i| price(900_000 + i * 300_000, 300, -5.0))
+        .collect();
+    assert_eq!(s.import_site_prices("a", &fix).await.unwrap(), 2);
+    let stored = s.site_prices("a", 0, 3_600_000).await.unwrap();
+    let starts: Vec<i64> = stored.iter().map(|p| p.starts_at_ms / 1000).collect();
+    assert_eq!(starts, [0, 900, 1200, 1500, 1800, 2100, 2400, 2700]);
+    assert_eq!(stored[0].usd_per_mwh, 40.0);
+    assert_eq!(stored[7], price(2_700_000, 900, 43.0));
+    // A range returns what overlaps it; another site has none.
+    assert_eq!(
+        s.site_prices("a", 2_699_999, 2_700_001)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(s.site_prices("b", 0, i64::MAX).await.unwrap().is_empty());
+    // Reopened, all of it is there.
+    drop(s);
+    let s = open(dir.path()).await;
+    assert_eq!(s.site_prices("a", 0, 3_600_000).await.unwrap(), stored);
+}
+
+#[tokio::test]
+async fn broken_price_imports_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    seed(&s).await;
+    s.import_site_prices("a", &[price(0, 900, 10.0)])
+        .await
+        .unwrap();
+    let cases: [(&str, &str, Vec<wattmesh_store::SitePricePoint>); 5] = [
+        ("unknown site", "ghost", vec![price(0, 900, 1.0)]),
+        ("nothing", "a", vec![]),
+        (
+            "NaN",
+            "a",
+            vec![price(0, 900, 1.0), price(900_000, 900, f64::NAN)],
+        ),
+        ("no length", "a", vec![price(0, 0, 1.0)]),
+        (
+            "twice one start",
+            "a",
+            vec![price(0, 900, 1.0), price(0, 900, 2.0)],
+        ),
+    ];
+    for (what, site, points) in cases {
+        let err = s.import_site_prices(site, &points).await.unwrap_err();
+        let expected = if site == "ghost" {
+            matches!(err, StoreError::NotFound { .. })
+        } else {
+            matches!(err, StoreError::Invalid(_))
+        };
+        assert!(expected, "{what}: {err:?}");
+    }
+    assert_eq!(
+        s.site_prices("a", 0, i64::MAX).await.unwrap(),
+        [price(0, 900, 10.0)],
+        "nothing changed"
+    );
+}

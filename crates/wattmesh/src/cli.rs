@@ -288,6 +288,11 @@ pub enum PlannerCommand {
     /// plane plans every site with a model at the start of each interval.
     #[command(subcommand)]
     Model(PlannerModelCommand),
+    /// A site's electricity prices as its market publishes them: import a CSV (the format
+    /// `backtest --prices` reads) or show them. The planner prices what they cover and uses
+    /// the site's fixed tariff elsewhere.
+    #[command(subcommand, name = "site-prices")]
+    SitePrices(SitePricesCommand),
     /// Plan a site now, for the interval at hand; its agent applies the plan.
     Run {
         site: String,
@@ -302,6 +307,36 @@ pub enum PlannerCommand {
         /// How many (1–1000).
         #[arg(long, default_value_t = 10)]
         limit: u32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SitePricesCommand {
+    /// Import a price CSV for a site (replacing the prices it overlaps) and replan the site.
+    Import {
+        site: String,
+        /// CSV of `timestamp,usd_per_mwh` (unix seconds or RFC 3339 interval starts, 5 or 15
+        /// minutes apart, no gaps).
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Show a site's imported prices over a range.
+    Show {
+        site: String,
+        /// RFC 3339 time or date [default: now].
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 time or date, exclusive [default: a day after --from].
+        #[arg(long)]
+        to: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]

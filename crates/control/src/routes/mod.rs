@@ -98,6 +98,10 @@ pub(crate) fn router(state: AppState) -> Router {
             &v1("/sites/{name}/power-model"),
             put(set_power_model).get(get_power_model),
         )
+        .route(
+            &v1("/sites/{name}/prices"),
+            put(import_prices).get(get_prices),
+        )
         .route(&v1("/sites/{name}/plans"), post(plan_now).get(list_plans))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let agents = Router::new()

@@ -6,14 +6,18 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use wattmesh_domain::market::horizon::points_of;
+use wattmesh_domain::market::{IntervalLength, PriceSeries};
 use wattmesh_domain::planner::SiteSpec;
 use wattmesh_proto::api::ApiError;
-use wattmesh_proto::plan::{PlanReport, PowerModel, PowerPlan};
-use wattmesh_store::{PowerModelRecord, PowerPlanRecord};
+use wattmesh_proto::plan::{
+    PlanReport, PowerModel, PowerPlan, PriceImport, PriceImportReceipt, SitePrice, SitePrices,
+};
+use wattmesh_store::{PowerModelRecord, PowerPlanRecord, SitePricePoint, StoreError};
 
 use super::JsonList;
 use crate::ControlError;
-use crate::clock::{format_ms, now_ms};
+use crate::clock::{format_ms, now_ms, parse_time};
 use crate::extract::{AgentSite, Body, Query};
 use crate::planning::{self, PlanningError};
 use crate::service::AppState;
@@ -98,6 +102,129 @@ pub(crate) async fn plan_now(
     // The agent hears of it with its desired state.
     s.reconciler.nudge().await;
     Ok((StatusCode::CREATED, Json(plan_view(plan))))
+}
+
+/// Most intervals one import may carry: a year of 5-minute prices.
+const MAX_IMPORT: usize = 366 * 288;
+
+#[utoipa::path(put, path = "/api/v1/sites/{name}/prices", tag = "plan", request_body = PriceImport,
+    params(("name" = String, Path, description = "Site name")),
+    responses((status = 200, body = PriceImportReceipt, description = "Stored, replacing the prices it overlaps; the site replanned if it has a power model"),
+        (status = 400, body = ApiError, description = "A bad start or interval, no prices, a price not finite or beyond the market's bounds, too many"),
+        (status = 404, body = ApiError, description = "Unknown site")))]
+pub(crate) async fn import_prices(
+    State(s): State<AppState>,
+    Path(site): Path<String>,
+    Body(import): Body<PriceImport>,
+) -> Result<Json<PriceImportReceipt>, ControlError> {
+    let bad = |e: String| ControlError::BadRequest(e);
+    let start_ms = parse_time("start", &import.start)?;
+    if start_ms.rem_euclid(1000) != 0 {
+        return Err(bad("start: whole seconds only".into()));
+    }
+    let interval = IntervalLength::from_minutes(import.interval_minutes).ok_or_else(|| {
+        bad(format!(
+            "interval_minutes: {} is not a market interval; use 5 or 15",
+            import.interval_minutes
+        ))
+    })?;
+    if import.usd_per_mwh.len() > MAX_IMPORT {
+        return Err(bad(format!(
+            "usd_per_mwh: at most {MAX_IMPORT} intervals (a year of 5-minute prices) per import; \
+             got {}",
+            import.usd_per_mwh.len()
+        )));
+    }
+    let series = PriceSeries::new(start_ms / 1000, interval, import.usd_per_mwh)
+        .map_err(|e| bad(format!("usd_per_mwh: {e}")))?;
+    let points: Vec<SitePricePoint> = points_of(&series)
+        .into_iter()
+        .map(|p| SitePricePoint {
+            starts_at_ms: p.start_unix_s * 1000,
+            interval_s: p.interval.seconds(),
+            usd_per_mwh: p.usd_per_mwh,
+        })
+        .collect();
+    let replaced = s.store.import_site_prices(&site, &points).await?;
+    let end_ms = series.timestamp(series.len()) * 1000;
+    // The plan in force was made on the old prices.
+    let now = now_ms();
+    let replanned = match planning::plan_site(&*s.store, &site, s.plan_interval, now).await {
+        Ok(plan) => {
+            s.reconciler.nudge().await;
+            Some(plan.id)
+        }
+        Err(PlanningError::Store(StoreError::NotFound { .. })) => None,
+        Err(e) => {
+            tracing::warn!(%site, "prices imported, but the site cannot be replanned: {e}");
+            None
+        }
+    };
+    Ok(Json(PriceImportReceipt {
+        site,
+        imported: points.len(),
+        replaced,
+        from: format_ms(start_ms),
+        to: format_ms(end_ms),
+        replanned,
+    }))
+}
+
+/// Query of `GET /api/v1/sites/{name}/prices`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PricesQuery {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// The longest range one read answers.
+const MAX_PRICE_RANGE_MS: i64 = 366 * 86_400_000;
+
+#[utoipa::path(get, path = "/api/v1/sites/{name}/prices", tag = "plan",
+    params(("name" = String, Path, description = "Site name"),
+        ("from" = Option<String>, Query, description = "RFC 3339 time or date; default now"),
+        ("to" = Option<String>, Query, description = "RFC 3339 time or date, exclusive; default a day after `from`")),
+    responses((status = 200, body = SitePrices),
+        (status = 400, body = ApiError, description = "Bad times, `to` not after `from`, more than a year"),
+        (status = 404, body = ApiError, description = "Unknown site")))]
+pub(crate) async fn get_prices(
+    State(s): State<AppState>,
+    Path(site): Path<String>,
+    Query(q): Query<PricesQuery>,
+) -> Result<Json<SitePrices>, ControlError> {
+    let record = s.store.get_site(&site).await?;
+    let from = match &q.from {
+        Some(t) => parse_time("from", t)?,
+        None => now_ms(),
+    };
+    let to = match &q.to {
+        Some(t) => parse_time("to", t)?,
+        None => from.saturating_add(86_400_000),
+    };
+    if to <= from || to - from > MAX_PRICE_RANGE_MS {
+        return Err(ControlError::BadRequest(
+            "to must be after from, and at most a year after it".into(),
+        ));
+    }
+    let prices = s
+        .store
+        .site_prices(&site, from, to)
+        .await?
+        .into_iter()
+        .map(|p| SitePrice {
+            starts_at: format_ms(p.starts_at_ms),
+            interval_minutes: u32::try_from(p.interval_s / 60).unwrap_or(u32::MAX),
+            usd_per_mwh: p.usd_per_mwh,
+        })
+        .collect();
+    Ok(Json(SitePrices {
+        site,
+        tariff_usd_per_mwh: record.power_price_usd_per_mwh.to_string(),
+        prices,
+    }))
 }
 
 /// Query of `GET /api/v1/sites/{name}/plans`.

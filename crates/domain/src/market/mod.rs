@@ -10,12 +10,14 @@
 //! Prices are `f64` USD/MWh: they are market estimates fed to a linear program, not billed money.
 
 pub mod csv;
+pub mod horizon;
 pub mod synthetic;
 
 use serde::{Deserialize, Serialize};
 
 use crate::mining::Network;
 
+pub use horizon::{Coverage, PricePoint, horizon_prices};
 pub use synthetic::SyntheticPrices;
 
 /// ERCOT's system-wide offer cap, USD/MWh (FACTS.md). A price above it is not a real-time price

@@ -1,6 +1,6 @@
 //! The planner as the control plane runs it, live: from a site's power model and what is
-//! known now (the tariff, the Bitcoin market in force, the DR events ahead, the miners' draw
-//! at the last sample), plan the next `horizon` intervals and keep the first — turned into
+//! known now (the prices imported for the site, its tariff where they end, the Bitcoin market
+//! in force, the DR events ahead, the miners' draw at the last sample), plan the next `horizon` intervals and keep the first — turned into
 //! whole-miner targets an agent can apply.
 //!
 //! Rounding: the program's "units hashing" is continuous; a site has whole miners. The count
@@ -10,7 +10,9 @@
 
 use super::model::{DrEventSpec, SiteSpec, SiteState};
 use super::{IntervalPlan, PlanError, plan};
-use crate::market::{IntervalLength, NetworkSpec, PriceSeries};
+use crate::market::{
+    Coverage, IntervalLength, MarketError, NetworkSpec, PricePoint, horizon_prices,
+};
 
 /// What the control plane knows now, besides the site's power model.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +21,11 @@ pub struct LiveInputs {
     pub interval: IntervalLength,
     /// Intervals planned ahead; only the first is applied.
     pub horizon: usize,
-    /// The site's tariff over the horizon.
-    pub usd_per_mwh: f64,
+    /// The site's fixed tariff: the price wherever `prices` do not reach.
+    pub tariff_usd_per_mwh: f64,
+    /// Prices imported for the site (a market's series), in any order; see
+    /// [`horizon_prices`].
+    pub prices: Vec<PricePoint>,
     /// The Bitcoin market in force; `None` falls back to the power model's own `bitcoin`.
     pub bitcoin: Option<NetworkSpec>,
     /// Demand-response events ahead, added to the power model's own.
@@ -59,6 +64,8 @@ pub struct LivePlan {
     pub gpu: Vec<GpuTarget>,
     /// The meter's load with the targets in force, kW.
     pub expected_meter_kw: f64,
+    /// How much of the horizon imported prices covered, and how much the tariff.
+    pub price_coverage: Coverage,
 }
 
 /// Plans `spec`'s site for the interval containing `inputs.now_unix_s`, looking
@@ -82,12 +89,26 @@ pub fn plan_now(spec: &SiteSpec, inputs: &LiveInputs) -> Result<LivePlan, PlanEr
     }
     spec.dr_events.extend(inputs.dr_events.iter().cloned());
     let site = spec.check()?;
-    let prices = PriceSeries::fixed(start, inputs.interval, inputs.usd_per_mwh, inputs.horizon)
-        .map_err(|_| PlanError::InvalidInput {
-            index: 0,
+    let (prices, price_coverage) = horizon_prices(
+        &inputs.prices,
+        inputs.tariff_usd_per_mwh,
+        start,
+        inputs.interval,
+        inputs.horizon,
+    )
+    .map_err(|e| {
+        let (index, value) = match e {
+            MarketError::NotFinite { index, value }
+            | MarketError::AboveCap { index, value }
+            | MarketError::BelowFloor { index, value } => (index, value),
+            _ => (0, inputs.tariff_usd_per_mwh),
+        };
+        PlanError::InvalidInput {
+            index,
             field: "usd_per_mwh",
-            value: inputs.usd_per_mwh,
-        })?;
+            value,
+        }
+    })?;
     let timeline = site.timeline(&prices, None)?;
     let state = SiteState {
         asic_kw: inputs.asic_kw_now.map(|kw| {
@@ -149,6 +170,7 @@ pub fn plan_now(spec: &SiteSpec, inputs: &LiveInputs) -> Result<LivePlan, PlanEr
         starts_at_unix_s: start,
         ends_at_unix_s: start + len,
         expected_meter_kw: it_kw * site.pue(),
+        price_coverage,
         interval: first,
         asic,
         gpu,

@@ -1166,7 +1166,8 @@ mod live_plan {
             now_unix_s: 1_796_292_450,
             interval: IntervalLength::FifteenMinutes,
             horizon: 8,
-            usd_per_mwh,
+            tariff_usd_per_mwh: usd_per_mwh,
+            prices: vec![],
             bitcoin: Some(rich()),
             dr_events: vec![],
             asic_kw_now: None,
@@ -1214,6 +1215,38 @@ mod live_plan {
         assert!(live.asic[0].units_hashing <= 20, "{:?}", live.asic);
         assert!(live.expected_meter_kw <= cap_kw + 1e-6);
         assert_eq!(live.interval.dr_cap_kw, Some(cap_kw));
+    }
+
+    #[test]
+    fn imported_prices_rule_where_they_reach_and_the_tariff_after() {
+        use crate::market::{PricePoint, horizon_prices};
+        // A spike imported for the interval at hand: every miner sleeps despite a cheap
+        // tariff, and the plan says which price it used.
+        let mut i = inputs(20.0);
+        i.prices = vec![PricePoint {
+            start_unix_s: 1_796_292_000,
+            interval: IntervalLength::FifteenMinutes,
+            usd_per_mwh: 4_000.0,
+        }];
+        let live = plan_now(&site(), &i).unwrap();
+        assert_eq!(live.asic[0].units_hashing, 0);
+        assert_eq!(live.interval.usd_per_mwh, 4_000.0);
+        assert_eq!(live.price_coverage.from_series_s, 900);
+        assert_eq!(live.price_coverage.from_tariff_s, 7 * 900);
+        // The same spike an interval later leaves the interval at hand to the tariff.
+        i.prices[0].start_unix_s += 900;
+        let live = plan_now(&site(), &i).unwrap();
+        assert_eq!(live.asic[0].units_hashing, 50);
+        assert_eq!(live.interval.usd_per_mwh, 20.0);
+        let (series, _) = horizon_prices(
+            &i.prices,
+            20.0,
+            1_796_292_000,
+            IntervalLength::FifteenMinutes,
+            2,
+        )
+        .unwrap();
+        assert_eq!(series.prices(), &[20.0, 4_000.0]);
     }
 
     #[test]

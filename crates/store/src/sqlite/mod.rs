@@ -19,6 +19,7 @@ mod energy;
 mod fleet;
 mod plans;
 mod pnl;
+mod prices;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -45,7 +46,8 @@ use crate::records::{
     AgentRegistration, ApiKeyRecord, DeploymentRecord, DrEventRecord, DrTermsRecord, GatewayRecord,
     MarketRecord, NewApiKey, NewDedicatedPrice, NewDrEvent, NewMarketSnapshot, NewPrice,
     NewReplica, NodeRecord, PowerModelRecord, PowerPlanRecord, RatedEvent, ReplicaRecord,
-    ReplicaSeconds, SiteHeartbeat, SiteRecord, TenantRecord, UsageQuery, UsageTotal,
+    ReplicaSeconds, SiteHeartbeat, SitePricePoint, SiteRecord, TenantRecord, UsageQuery,
+    UsageTotal,
 };
 use crate::{Store, StoreError};
 
@@ -378,6 +380,21 @@ impl Store for SqliteStore {
         at_ms: i64,
     ) -> Result<PowerModelRecord, StoreError> {
         plans::set_power_model(&self.pool, site, spec, at_ms).await
+    }
+    async fn import_site_prices(
+        &self,
+        site: &str,
+        points: &[SitePricePoint],
+    ) -> Result<u64, StoreError> {
+        prices::import_site_prices(&self.pool, site, points).await
+    }
+    async fn site_prices(
+        &self,
+        site: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SitePricePoint>, StoreError> {
+        prices::site_prices(&self.pool, site, from_ms, to_ms).await
     }
     async fn power_model(&self, site: &str) -> Result<PowerModelRecord, StoreError> {
         plans::power_model(&self.pool, site).await

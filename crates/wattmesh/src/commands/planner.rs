@@ -18,6 +18,7 @@ pub async fn run(cmd: PlannerCommand) -> Result<()> {
         PlannerCommand::Backtest(args) => backtest(args),
         PlannerCommand::Prices(args) => prices(args),
         PlannerCommand::Model(cmd) => super::plans::model(cmd).await,
+        PlannerCommand::SitePrices(cmd) => super::plans::site_prices(cmd).await,
         PlannerCommand::Run { site, json, target } => {
             super::plans::run_now(site, json, target).await
         }

@@ -1,15 +1,18 @@
-//! `wattmesh planner model|run|plans`: the live power plan through the control plane — a
-//! site's power model, planning it now, and its plans with what the agent confirmed of each.
+//! `wattmesh planner model|site-prices|run|plans`: the live power plan through the control
+//! plane — a site's power model and imported prices, planning it now, and its plans with what
+//! the agent confirmed of each.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use wattmesh_domain::market::IntervalLength;
+use wattmesh_domain::market::{IntervalLength, PriceSeries};
 use wattmesh_domain::planner::SiteSpec;
-use wattmesh_proto::plan::{PlanOutcome, PowerModel, PowerPlan};
+use wattmesh_proto::plan::{
+    PlanOutcome, PowerModel, PowerPlan, PriceImport, PriceImportReceipt, SitePrices,
+};
 
 use super::{print_json, table};
-use crate::cli::{ControlTarget, PlannerModelCommand};
+use crate::cli::{ControlTarget, PlannerModelCommand, SitePricesCommand};
 use crate::client::ControlClient;
 
 /// The planning interval of `--plan-interval-minutes`.
@@ -63,6 +66,81 @@ pub async fn model(cmd: PlannerModelCommand) -> Result<()> {
                 model.site,
                 model.updated_at,
                 toml::to_string(&model.spec).context("writing the model as TOML")?
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn site_prices(cmd: SitePricesCommand) -> Result<()> {
+    match cmd {
+        SitePricesCommand::Import {
+            site,
+            file,
+            json,
+            target,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            // Parsed here too, so a broken file is refused with its line number.
+            let series =
+                PriceSeries::parse_csv(&text).with_context(|| format!("{}", file.display()))?;
+            let start = time::OffsetDateTime::from_unix_timestamp(series.start_unix_s())
+                .context("the series' start")?
+                .format(&time::format_description::well_known::Rfc3339)
+                .context("the series' start")?;
+            let import = PriceImport {
+                start,
+                interval_minutes: u32::try_from(series.interval().seconds() / 60)?,
+                usd_per_mwh: series.prices().to_vec(),
+            };
+            let receipt: PriceImportReceipt = ControlClient::from_target(&target)?
+                .put(&format!("/sites/{site}/prices"), &import)
+                .await?;
+            if json {
+                return print_json(&receipt);
+            }
+            println!(
+                "{} prices of {} imported ({} to {}), {} replaced",
+                receipt.imported, receipt.site, receipt.from, receipt.to, receipt.replaced
+            );
+            match &receipt.replanned {
+                Some(plan) => println!("replanned now: {plan} (`wattmesh planner plans {site}`)"),
+                None => println!(
+                    "not replanned: {site} has no power model (`wattmesh planner model set`)"
+                ),
+            }
+            Ok(())
+        }
+        SitePricesCommand::Show {
+            site,
+            from,
+            to,
+            json,
+            target,
+        } => {
+            let query: Vec<(&str, String)> = [("from", from), ("to", to)]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            let prices: SitePrices = ControlClient::from_target(&target)?
+                .get_query(&format!("/sites/{site}/prices"), &query)
+                .await?;
+            if json {
+                return print_json(&prices);
+            }
+            let mut t = table(&["STARTS AT", "MINUTES", "USD/MWH"]);
+            for p in &prices.prices {
+                t.add_row(vec![
+                    p.starts_at.clone(),
+                    p.interval_minutes.to_string(),
+                    format!("{:.2}", p.usd_per_mwh),
+                ]);
+            }
+            println!("{t}");
+            println!(
+                "elsewhere {} pays its tariff, {} USD/MWh",
+                prices.site, prices.tariff_usd_per_mwh
             );
             Ok(())
         }
