@@ -1,6 +1,7 @@
 //! The live planner's driver: at the start of every planning interval (and when an operator
 //! asks, or imports prices), each site with a power model is planned for the interval at hand —
-//! from its imported prices (its tariff where they end),
+//! from its imported prices (its tariff where they end), the inference demand its region's
+//! gateways reported over the last hour (its model's forecast while there is none),
 //! the Bitcoin market in force, the DR events ahead and the miners' draw at the last sample —
 //! and the plan is stored; the reconciler then hands it to the site's agent in its desired
 //! state. The decision itself is `wattmesh_domain::planner::live`; here are only reads, the
@@ -11,10 +12,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use wattmesh_domain::market::{IntervalLength, NetworkSpec, PricePoint};
+use wattmesh_domain::planner::demand::{ObservedDemand, RegionUsage, gpu_capacity_tokens_per_s};
 use wattmesh_domain::planner::live::{LiveInputs, LivePlan, plan_now};
 use wattmesh_domain::planner::{DrEventSpec, PlanError, SiteSpec};
+use wattmesh_proto::gateway::DEFERRABLE_PRIORITY;
 use wattmesh_proto::plan::{AsicTarget, GpuTarget, PlanDirective};
-use wattmesh_store::{MarketRecord, PowerPlanRecord, Store, StoreError};
+use wattmesh_store::{MarketRecord, PowerPlanRecord, Store, StoreError, UsageGroup, UsageQuery};
 
 use crate::clock::{format_ms, now_ms};
 use crate::reconciler::Reconciler;
@@ -117,6 +120,11 @@ async fn live_inputs(
             })
         })
         .collect();
+    let demand = if spec.gpu_groups.is_empty() {
+        None
+    } else {
+        Some(observed_demand(store, site, spec, now_ms).await?)
+    };
     Ok(LiveInputs {
         now_unix_s: now_ms.div_euclid(1000),
         interval,
@@ -127,6 +135,76 @@ async fn live_inputs(
         bitcoin: bitcoin.or(spec.bitcoin),
         dr_events,
         asic_kw_now,
+        demand,
+    })
+}
+
+/// How far back the gateways' usage is read for a site's demand.
+const DEMAND_WINDOW_MS: i64 = 60 * 60 * 1000;
+
+/// The inference demand and revenue the gateways reported for `site`'s region over the last
+/// [`DEMAND_WINDOW_MS`], and `site`'s share of it: its GPU capacity over its region's (sites
+/// with a power model).
+async fn observed_demand(
+    store: &dyn Store,
+    site: &wattmesh_store::SiteRecord,
+    spec: &SiteSpec,
+    now_ms: i64,
+) -> Result<ObservedDemand, StoreError> {
+    let totals = store
+        .usage_totals(&UsageQuery {
+            tenant: None,
+            models: None,
+            from_ms: now_ms - DEMAND_WINDOW_MS,
+            to_ms: now_ms,
+            bucket_ms: None,
+            group: UsageGroup::RegionAndPriority,
+        })
+        .await?;
+    let mut region = RegionUsage {
+        window_s: DEMAND_WINDOW_MS as f64 / 1000.0,
+        ..RegionUsage::default()
+    };
+    for t in totals {
+        let (Some(name), priority) = UsageGroup::RegionAndPriority.split(t.group.as_deref()) else {
+            continue;
+        };
+        if name != site.region {
+            continue;
+        }
+        let tokens = t.prompt_tokens.saturating_add(t.completion_tokens);
+        let revenue = f64::try_from(t.cost).unwrap_or(0.0);
+        // Batch keys and `service_tier: flex` are the deferrable class.
+        if priority.as_deref() == Some(DEFERRABLE_PRIORITY) {
+            region.batch_tokens = region.batch_tokens.saturating_add(tokens);
+            region.batch_revenue_usd += revenue;
+        } else {
+            region.interactive_tokens = region.interactive_tokens.saturating_add(tokens);
+            region.interactive_revenue_usd += revenue;
+        }
+    }
+    let in_region: std::collections::BTreeSet<String> = store
+        .list_sites()
+        .await?
+        .into_iter()
+        .filter(|s| s.region == site.region)
+        .map(|s| s.name)
+        .collect();
+    let region_capacity: f64 = store
+        .list_power_models()
+        .await?
+        .iter()
+        .filter(|m| in_region.contains(&m.site))
+        .map(|m| gpu_capacity_tokens_per_s(&m.spec))
+        .sum();
+    let own = gpu_capacity_tokens_per_s(spec);
+    Ok(ObservedDemand {
+        region,
+        share: if region_capacity > 0.0 {
+            (own / region_capacity).clamp(0.0, 1.0)
+        } else {
+            0.0
+        },
     })
 }
 

@@ -375,3 +375,66 @@ async fn broken_price_imports_and_reads_are_refused_and_change_nothing() {
         .await;
     assert_eq!(shown["prices"], json!([]), "nothing was stored");
 }
+
+#[tokio::test]
+async fn a_sites_gpus_are_planned_for_the_demand_its_regions_gateways_reported() {
+    let h = harness().await;
+    // Two sites of region `us`, the same GPUs: each gets half of the region's demand.
+    for site in ["gpu-a", "gpu-b"] {
+        register(&h, site, "30").await;
+        let mut m = model(site);
+        m["interconnect_kw"] = json!(200.0);
+        m["gpu_groups"] = json!([{"name": "h100", "nodes": 4, "idle_kw": 1.0, "max_kw": 10.0,
+            "tokens_per_s": 1000.0}]);
+        m["inference"] = json!({"interactive_usd_per_mtok": 1.0, "batch_usd_per_mtok": 0.5});
+        let (status, resp) = set_model(&h, site, &m).await;
+        assert_eq!(status, StatusCode::OK, "{resp}");
+    }
+    let (_, plan) = plan_now(&h, "gpu-a").await;
+    assert_eq!(plan["interval"]["interactive_demand_tokens"], 0.0, "no usage: the forecast, none");
+
+    // The region's gateways served 1.8M interactive tokens in the last hour (500 a second),
+    // at $2/M, and some in another region that is not this site's business.
+    for (uri, body) in [
+        (
+            "/api/v1/models",
+            r#"{"name":"smol","kind":"chat","artifact":"smol","memory_bytes":1}"#,
+        ),
+        ("/api/v1/tenants", r#"{"name":"acme"}"#),
+        (
+            "/api/v1/prices",
+            r#"{"model":"smol","input_per_1m":"2","output_per_1m":"2"}"#,
+        ),
+    ] {
+        let (status, resp) = h.admin(Method::POST, uri, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{uri}: {resp}");
+    }
+    // After the price came into force (usage is rated at the price of its start).
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64 + 1;
+    let event = |id: &str, region: &str, tokens: u64| {
+        json!({
+            "id": id, "request_id": format!("req_{id}"), "tenant": "acme", "key_id": "k",
+            "model": "smol", "deployment": "d", "replica": "r", "site": "gpu-b", "region": region,
+            "priority": "normal", "prompt_tokens": tokens, "completion_tokens": 0,
+            "started_at_ms": now_ms, "ttft_ms": 5, "duration_ms": 9, "status": 200,
+            "outcome": "completed"
+        })
+    };
+    let body = json!({"events": [event("e1", "us", 1_800_000), event("e2", "eu", 9_000_000)]});
+    let (status, receipt) = h
+        .gateway(Method::POST, "/api/v1/usage/batches", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+
+    let (status, plan) = plan_now(&h, "gpu-a").await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    let interval = &plan["interval"];
+    // 250 tokens a second for this site, over a 15-minute interval.
+    let demand = interval["interactive_demand_tokens"].as_f64().unwrap();
+    assert!((demand - 250.0 * 900.0).abs() < 1e-6, "{interval}");
+    let served = interval["interactive_tokens"].as_f64().unwrap();
+    assert!((served - demand).abs() < 1e-6 * demand, "served first: {interval}");
+    // Priced at what the usage was billed: $2/M.
+    let revenue = interval["inference_revenue_usd"].as_f64().unwrap();
+    assert!((revenue - served * 2.0 / 1e6).abs() < 1e-6, "{interval}");
+}

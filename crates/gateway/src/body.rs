@@ -112,7 +112,7 @@ pub fn facts_of(body: &[u8]) -> Result<BodyFacts, GatewayError> {
         Some(serde_json::Value::String(t)) => match t.as_str() {
             "auto" | "default" => "normal",
             "priority" => "high",
-            "flex" => "low",
+            "flex" => wattmesh_proto::gateway::DEFERRABLE_PRIORITY,
             other => {
                 return Err(GatewayError::BadRequest(format!(
                     "Invalid value for 'service_tier': '{other}'. Supported values are: \

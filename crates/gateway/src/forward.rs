@@ -15,6 +15,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::{Stream, StreamExt};
+// Batch keys' and `service_tier: flex`'s class: work that can wait, so it waits out a site's
+// demand-response event instead of moving.
+use wattmesh_proto::gateway::DEFERRABLE_PRIORITY as DEFERRABLE_CLASS;
 use wattmesh_proto::gateway::{ModelRoute, PRIORITY_HEADER, PROMPT_TOKENS_HEADER, RouteReplica};
 use wattmesh_proto::usage::Outcome;
 
@@ -38,10 +41,6 @@ const RELAYED_HEADERS: [header::HeaderName; 3] = [
     header::CACHE_CONTROL,
     header::RETRY_AFTER,
 ];
-
-/// The engine class of batch keys and `service_tier: flex`: work that can wait, so it waits
-/// out a site's demand-response event instead of moving.
-const DEFERRABLE_CLASS: &str = "low";
 
 /// The header a request's id travels on: to the replica, and back to the client.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -389,7 +389,7 @@ async fn proxy(
         None
     };
     let priority = match key.priority {
-        KeyPriority::Batch => "low",
+        KeyPriority::Batch => wattmesh_proto::gateway::DEFERRABLE_PRIORITY,
         KeyPriority::Interactive => facts.priority,
     };
     let meter = Meter {

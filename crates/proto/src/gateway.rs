@@ -18,6 +18,10 @@ use crate::api::{BillingPlan, KeyPriority, Limits};
 /// (`high`, `normal` or `low`); the engine schedules FCFS within each class.
 pub const PRIORITY_HEADER: &str = "x-wattmesh-priority";
 
+/// The deferrable (batch) class on [`PRIORITY_HEADER`] and in usage events: batch keys and
+/// `service_tier: "flex"`.
+pub const DEFERRABLE_PRIORITY: &str = "low";
+
 /// The header on which a replica tells the gateway a streamed answer's prompt tokens, before
 /// the first chunk: a stream cut before its usage chunk (the client went away) is still billed
 /// its prompt. Never relayed to the client.

@@ -184,6 +184,9 @@ pub enum UsageGroup {
     Site,
     /// Per region that served the requests.
     Region,
+    /// Per (region, priority class) pair, as `region` U+001F `priority`: the live planner's
+    /// interactive and batch demand.
+    RegionAndPriority,
 }
 
 /// What joins the two names of a pair group in [`UsageTotal::group`].
@@ -192,14 +195,17 @@ pub(crate) const PAIR_SEPARATOR: char = '\u{1f}';
 impl UsageGroup {
     /// A total's group as (first name, second name): the model (or the site or region for
     /// those groups) first; the key id for [`UsageGroup::Key`] and [`UsageGroup::ModelAndKey`],
-    /// the deployment for [`UsageGroup::ModelAndDeployment`] second.
+    /// the deployment for [`UsageGroup::ModelAndDeployment`], the priority class for
+    /// [`UsageGroup::RegionAndPriority`] second.
     pub fn split(self, group: Option<&str>) -> (Option<String>, Option<String>) {
         let group = group.map(str::to_owned);
         match self {
             UsageGroup::None => (None, None),
             UsageGroup::Model | UsageGroup::Site | UsageGroup::Region => (group, None),
             UsageGroup::Key => (None, group),
-            UsageGroup::ModelAndKey | UsageGroup::ModelAndDeployment => {
+            UsageGroup::ModelAndKey
+            | UsageGroup::ModelAndDeployment
+            | UsageGroup::RegionAndPriority => {
                 match group.as_deref().and_then(|g| g.split_once(PAIR_SEPARATOR)) {
                     Some((model, other)) => (Some(model.to_owned()), Some(other.to_owned())),
                     None => (group, None),

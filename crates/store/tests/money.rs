@@ -851,6 +851,16 @@ async fn usage_totals_group_and_bucket_with_exact_costs() {
             ],
         ),
         (
+            "everyone, by region and priority class",
+            q(None, None, UsageGroup::RegionAndPriority),
+            vec![total(
+                None,
+                Some("us\u{1f}normal"),
+                &["1", "2", "3", "4", "5", "6", "7"],
+                (1156, 132),
+            )],
+        ),
+        (
             "acme, by key, 100 ms buckets",
             q(Some("acme"), Some(100), UsageGroup::Key),
             vec![

@@ -1,6 +1,7 @@
 //! The planner as the control plane runs it, live: from a site's power model and what is
 //! known now (the prices imported for the site, its tariff where they end, the Bitcoin market
-//! in force, the DR events ahead, the miners' draw at the last sample), plan the next `horizon` intervals and keep the first — turned into
+//! in force, the DR events ahead, the miners' draw at the last sample, the inference demand
+//! the gateways saw), plan the next `horizon` intervals and keep the first — turned into
 //! whole-miner targets an agent can apply.
 //!
 //! Rounding: the program's "units hashing" is continuous; a site has whole miners. The count
@@ -8,6 +9,7 @@
 //! draws more than planned (a DR cap or the interconnect stays met); the fraction of a unit
 //! left over is power not drawn.
 
+use super::demand::ObservedDemand;
 use super::model::{DrEventSpec, SiteSpec, SiteState};
 use super::{IntervalPlan, PlanError, plan};
 use crate::market::{
@@ -32,6 +34,9 @@ pub struct LiveInputs {
     pub dr_events: Vec<DrEventSpec>,
     /// The miners' summed draw at the last sample, kW; `None` leaves the ramps free.
     pub asic_kw_now: Option<f64>,
+    /// Inference demand and revenue the gateways saw for the site's region; `None` (or a
+    /// silent region) keeps the power model's forecast. See [`ObservedDemand::apply`].
+    pub demand: Option<ObservedDemand>,
 }
 
 /// One ASIC group's whole-miner target.
@@ -88,6 +93,11 @@ pub fn plan_now(spec: &SiteSpec, inputs: &LiveInputs) -> Result<LivePlan, PlanEr
         spec.bitcoin = inputs.bitcoin;
     }
     spec.dr_events.extend(inputs.dr_events.iter().cloned());
+    if let Some(observed) = &inputs.demand {
+        let local_s = start + i64::from(spec.utc_offset_hours) * 3_600;
+        let hour = usize::try_from(local_s.rem_euclid(86_400) / 3_600).unwrap_or(0);
+        observed.apply(&mut spec, hour);
+    }
     let site = spec.check()?;
     let (prices, price_coverage) = horizon_prices(
         &inputs.prices,

@@ -38,6 +38,7 @@
 
 mod account;
 pub mod baselines;
+pub mod demand;
 pub mod live;
 mod lp;
 mod model;

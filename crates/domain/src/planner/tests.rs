@@ -1171,6 +1171,7 @@ mod live_plan {
             bitcoin: Some(rich()),
             dr_events: vec![],
             asic_kw_now: None,
+            demand: None,
         }
     }
 
@@ -1247,6 +1248,49 @@ mod live_plan {
         )
         .unwrap();
         assert_eq!(series.prices(), &[20.0, 4_000.0]);
+    }
+
+    #[test]
+    fn the_demand_the_gateways_saw_replaces_the_forecast_and_gpus_serve_it_first() {
+        use crate::planner::demand::{ObservedDemand, RegionUsage};
+        use crate::planner::model::GpuGroupSpec;
+        let mut s = site();
+        s.gpu_groups = vec![GpuGroupSpec {
+            name: "gpu".into(),
+            nodes: 10,
+            idle_kw: 1.0,
+            max_kw: 5.0,
+            tokens_per_s: 1_000.0,
+        }];
+        // The forecast says no demand: the GPUs idle.
+        let idle = plan_now(&s, &inputs(20.0)).unwrap();
+        assert!(idle.interval.interactive_demand_tokens.abs() < 1e-9);
+        // The region served 3,000 interactive tokens a second at $4/M; this site is half of it.
+        let mut i = inputs(20.0);
+        i.demand = Some(ObservedDemand {
+            region: RegionUsage {
+                window_s: 3_600.0,
+                interactive_tokens: 3_000 * 3_600,
+                interactive_revenue_usd: 4.0 * 3_000.0 * 3_600.0 / 1e6,
+                batch_tokens: 0,
+                batch_revenue_usd: 0.0,
+            },
+            share: 0.5,
+        });
+        let busy = plan_now(&s, &i).unwrap();
+        close(
+            busy.interval.interactive_demand_tokens,
+            1_500.0 * 900.0,
+            1e-6,
+        );
+        close(busy.interval.interactive_tokens, 1_500.0 * 900.0, 1e-3);
+        assert!(
+            busy.gpu[0].kw > idle.gpu[0].kw,
+            "{:?} vs {:?}",
+            busy.gpu,
+            idle.gpu
+        );
+        assert!(busy.interval.inference_revenue_usd > 0.0);
     }
 
     #[test]

@@ -501,6 +501,7 @@ pub(super) async fn usage_totals(
         UsageGroup::ModelAndDeployment => "model || char(31) || deployment",
         UsageGroup::Site => "site",
         UsageGroup::Region => "region",
+        UsageGroup::RegionAndPriority => "region || char(31) || priority",
     };
     let tenant = if query.tenant.is_some() {
         " AND tenant = ?"
