@@ -7,10 +7,17 @@
 //! that changed something, or the periodic tick that notices sites going stale. Serializing
 //! steps is what keeps two triggers from creating the same replica twice; the schema's
 //! unique (deployment, node) is the backstop.
+//!
+//! Nudges coalesce: each takes a ticket after its change is stored, and a step records the
+//! last ticket taken before it started reading. A nudge whose ticket a finished step covers
+//! returns at once — that step read its change — so forty simultaneous DR creations wait for
+//! two steps, not forty in a row.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
@@ -68,6 +75,8 @@ struct StepState {
     versions: BTreeMap<String, u64>,
     last_sites: BTreeMap<String, SiteContent>,
     last_gateway: Option<GatewayConfig>,
+    /// The last nudge ticket a finished step covers.
+    covered: u64,
 }
 
 pub(crate) struct Reconciler {
@@ -83,6 +92,10 @@ pub(crate) struct Reconciler {
     replica_tokens: std::sync::Mutex<BTreeMap<(String, String), String>>,
     step: Mutex<StepState>,
     published: watch::Sender<Arc<Published>>,
+    /// Tickets handed to nudges; see the module docs.
+    tickets: AtomicU64,
+    #[cfg(test)]
+    steps_run: AtomicU64,
 }
 
 impl Reconciler {
@@ -100,6 +113,9 @@ impl Reconciler {
                 ..StepState::default()
             }),
             published,
+            tickets: AtomicU64::new(0),
+            #[cfg(test)]
+            steps_run: AtomicU64::new(0),
         })
     }
 
@@ -132,10 +148,16 @@ impl Reconciler {
         changed
     }
 
-    /// Runs a step after a change that already succeeded; a failure is logged and left to
-    /// the next tick, since the caller's own change is stored either way.
+    /// Makes sure a step starts after a change that already succeeded, running one unless a
+    /// step that started later has finished meanwhile; a failure is logged and left to the
+    /// next tick, since the caller's own change is stored either way.
     pub(crate) async fn nudge(&self) {
-        if let Err(e) = self.step().await {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut state = self.step.lock().await;
+        if state.covered >= ticket {
+            return;
+        }
+        if let Err(e) = self.step_locked(&mut state).await {
             tracing::error!(error = %e, "reconcile failed; retrying on the next tick");
         }
     }
@@ -155,6 +177,26 @@ impl Reconciler {
     /// One reconcile step.
     pub(crate) async fn step(&self) -> Result<(), StoreError> {
         let mut state = self.step.lock().await;
+        self.step_locked(&mut state).await
+    }
+
+    /// Counts the reconcile steps run, for tests.
+    #[cfg(test)]
+    pub(crate) fn steps_run(&self) -> u64 {
+        self.steps_run.load(Ordering::SeqCst)
+    }
+
+    async fn step_locked(&self, state: &mut StepState) -> Result<(), StoreError> {
+        // Every ticket taken by now belongs to a change already stored: this step reads it.
+        let covers = self.tickets.load(Ordering::SeqCst);
+        #[cfg(test)]
+        self.steps_run.fetch_add(1, Ordering::SeqCst);
+        self.reconcile(state).await?;
+        state.covered = state.covered.max(covers);
+        Ok(())
+    }
+
+    async fn reconcile(&self, state: &mut StepState) -> Result<(), StoreError> {
         let store = &*self.store;
         let ready = self.liveness.ready_sites();
         let nodes = store.list_nodes().await?;
@@ -224,7 +266,7 @@ impl Reconciler {
             let scope = site_scope(&site);
             let content = (assigned, directives.remove(&site), plans.remove(&site));
             if state.last_sites.get(&site) != Some(&content) {
-                self.bump(&mut state, &scope).await?;
+                self.bump(state, &scope).await?;
                 state.last_sites.insert(site.clone(), content.clone());
                 changed = true;
             }
@@ -241,7 +283,7 @@ impl Reconciler {
             );
         }
         if state.last_gateway.as_ref() != Some(&gateway) {
-            self.bump(&mut state, GATEWAY_SCOPE).await?;
+            self.bump(state, GATEWAY_SCOPE).await?;
             state.last_gateway = Some(gateway.clone());
             changed = true;
         }
@@ -261,5 +303,50 @@ impl Reconciler {
         self.store.set_version(scope, next).await?;
         state.versions.insert(scope.to_owned(), next);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wattmesh_store::SqliteStore;
+
+    async fn reconciler(dir: &std::path::Path) -> Arc<Reconciler> {
+        let store = SqliteStore::open(&dir.join("wattmesh.db")).await.unwrap();
+        let liveness = Liveness::new(Duration::from_secs(10));
+        Arc::new(Reconciler::new(Arc::new(store), liveness).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_nudge_after_a_finished_step_always_runs_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = reconciler(dir.path()).await;
+        for n in 1..=3 {
+            r.nudge().await;
+            assert_eq!(
+                r.steps_run(),
+                n,
+                "each nudge came after the last step started"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn simultaneous_nudges_share_the_steps_that_started_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = reconciler(dir.path()).await;
+        let nudges: Vec<_> = (0..40)
+            .map(|_| {
+                let r = r.clone();
+                tokio::spawn(async move { r.nudge().await })
+            })
+            .collect();
+        for n in nudges {
+            n.await.unwrap();
+        }
+        // The first runs a step; the others wait, and the one step that starts after them all
+        // covers them all.
+        let steps = r.steps_run();
+        assert!((1..=3).contains(&steps), "{steps} steps for 40 nudges");
     }
 }

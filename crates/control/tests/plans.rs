@@ -391,7 +391,10 @@ async fn a_sites_gpus_are_planned_for_the_demand_its_regions_gateways_reported()
         assert_eq!(status, StatusCode::OK, "{resp}");
     }
     let (_, plan) = plan_now(&h, "gpu-a").await;
-    assert_eq!(plan["interval"]["interactive_demand_tokens"], 0.0, "no usage: the forecast, none");
+    assert_eq!(
+        plan["interval"]["interactive_demand_tokens"], 0.0,
+        "no usage: the forecast, none"
+    );
 
     // The region's gateways served 1.8M interactive tokens in the last hour (500 a second),
     // at $2/M, and some in another region that is not this site's business.
@@ -422,7 +425,11 @@ async fn a_sites_gpus_are_planned_for_the_demand_its_regions_gateways_reported()
     };
     let body = json!({"events": [event("e1", "us", 1_800_000), event("e2", "eu", 9_000_000)]});
     let (status, receipt) = h
-        .gateway(Method::POST, "/api/v1/usage/batches", Some(&body.to_string()))
+        .gateway(
+            Method::POST,
+            "/api/v1/usage/batches",
+            Some(&body.to_string()),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{receipt}");
 
@@ -433,7 +440,10 @@ async fn a_sites_gpus_are_planned_for_the_demand_its_regions_gateways_reported()
     let demand = interval["interactive_demand_tokens"].as_f64().unwrap();
     assert!((demand - 250.0 * 900.0).abs() < 1e-6, "{interval}");
     let served = interval["interactive_tokens"].as_f64().unwrap();
-    assert!((served - demand).abs() < 1e-6 * demand, "served first: {interval}");
+    assert!(
+        (served - demand).abs() < 1e-6 * demand,
+        "served first: {interval}"
+    );
     // Priced at what the usage was billed: $2/M.
     let revenue = interval["inference_revenue_usd"].as_f64().unwrap();
     assert!((revenue - served * 2.0 / 1e6).abs() < 1e-6, "{interval}");
