@@ -231,6 +231,36 @@ async fn the_pnl_books_the_meter_the_miners_and_billed_usage() {
         dec(&site["total"]["btc_mined"])
     );
     assert_eq!(treasury["sites"][1]["name"], "texas");
+
+    // The market's prices imported for the second quarter ($100/MWh): its 300 kWh cost $30,
+    // the first quarter stays at the $40 tariff.
+    let (status, receipt) = h
+        .admin(
+            Method::PUT,
+            "/api/v1/sites/georgia/prices",
+            Some(
+                &json!({"start": rfc3339(t0 + QUARTER), "interval_minutes": 15,
+                    "usd_per_mwh": [100.0]})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    let (status, priced) = h
+        .admin(
+            Method::GET,
+            &format!("/api/v1/pnl?site=georgia&by=interval&{range}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{priced}");
+    let costs: Vec<Decimal> = priced["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| dec(&l["energy_cost_usd"]))
+        .collect();
+    assert_eq!(costs, [Decimal::from(12), Decimal::from(30)]);
 }
 
 /// What, method, URI, body, the status wanted, and what its message must say.

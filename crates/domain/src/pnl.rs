@@ -202,11 +202,49 @@ pub struct Event {
     pub peak_charge_usd_per_kw: Option<Decimal>,
 }
 
+/// One imported electricity price: `usd_per_mwh` over `[start_ms, end_ms)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EnergyPrice {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub usd_per_mwh: f64,
+}
+
+/// Splits `[t0, t1)` by the imported prices in force (sorted, not overlapping): each piece with
+/// its price, or `None` where the tariff applies.
+fn priced_pieces(prices: &[EnergyPrice], t0: i64, t1: i64) -> Vec<(i64, i64, Option<f64>)> {
+    let mut out = Vec::new();
+    let mut at = t0;
+    let first = prices.partition_point(|p| p.end_ms <= t0);
+    for p in &prices[first..] {
+        if at >= t1 || p.start_ms >= t1 {
+            break;
+        }
+        if p.start_ms > at {
+            out.push((at, p.start_ms, None));
+            at = p.start_ms;
+        }
+        let end = p.end_ms.min(t1);
+        if end > at {
+            out.push((at, end, Some(p.usd_per_mwh)));
+            at = end;
+        }
+    }
+    if at < t1 {
+        out.push((at, t1, None));
+    }
+    out
+}
+
 /// What one site had over the range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SiteInput {
     pub site: String,
+    /// The fixed tariff: the price of energy no imported price covers.
     pub power_price_usd_per_mwh: Decimal,
+    /// Prices imported for the site (its market's series), by start; energy drawn while one
+    /// is in force costs its price.
+    pub prices: Vec<EnergyPrice>,
     /// Samples in time order, including some before the range's first bucket and after its
     /// last (the readings that span its edges) and before each event's start (its baseline).
     pub samples: Vec<Sample>,
@@ -383,6 +421,18 @@ pub fn site_pnl(
 
     // --- energy ---
     let mut kwh = vec![0.0; n];
+    // Each bucket's energy at the tariff, and the rest's kWh × its imported price (USD/MWh).
+    let mut tariff_kwh = vec![0.0; n];
+    let mut priced_usd_kwh_per_mwh = vec![0.0; n];
+    let mut prices: Vec<EnergyPrice> = input
+        .prices
+        .iter()
+        .copied()
+        .filter(|p| p.end_ms > p.start_ms && p.usd_per_mwh.is_finite())
+        .collect();
+    prices.sort_by_key(|p| p.start_ms);
+    // Imports replace what they overlap, so overlaps are a caller's bug: the earlier wins.
+    prices.dedup_by(|later, earlier| later.start_ms < earlier.end_ms);
     let mut metering = Metering::default();
     let span_ms = covered(buckets, i64::MIN, i64::MAX);
     let mut booked_ms = 0;
@@ -412,14 +462,26 @@ pub fn site_pnl(
             continue;
         };
         booked_ms += covered(buckets, a.at_ms, b.at_ms);
-        spread(buckets, a.at_ms, b.at_ms, e, |i, share| {
-            kwh[i] += share;
-            if from_counter {
-                metering.counter_kwh += share;
+        let span = (b.at_ms - a.at_ms) as f64;
+        for (t0, t1, price) in priced_pieces(&prices, a.at_ms, b.at_ms) {
+            let piece = if (t0, t1) == (a.at_ms, b.at_ms) {
+                e
             } else {
-                metering.integrated_kwh += share;
-            }
-        });
+                e * ((t1 - t0) as f64 / span)
+            };
+            spread(buckets, t0, t1, piece, |i, share| {
+                kwh[i] += share;
+                match price {
+                    None => tariff_kwh[i] += share,
+                    Some(p) => priced_usd_kwh_per_mwh[i] += share * p,
+                }
+                if from_counter {
+                    metering.counter_kwh += share;
+                } else {
+                    metering.integrated_kwh += share;
+                }
+            });
+        }
     }
     if backwards > 0 {
         notes.push(format!(
@@ -593,7 +655,8 @@ pub fn site_pnl(
                 start_ms: b.0,
                 end_ms: b.1,
                 energy_kwh: kwh[i],
-                energy_cost_usd: (kwh_dec(kwh[i]) * input.power_price_usd_per_mwh
+                energy_cost_usd: ((kwh_dec(tariff_kwh[i]) * input.power_price_usd_per_mwh
+                    + Decimal::from_f64(priced_usd_kwh_per_mwh[i]).unwrap_or_default())
                     / Decimal::ONE_THOUSAND)
                     .round_dp(2),
                 btc_mined,
@@ -706,10 +769,75 @@ mod tests {
         SiteInput {
             site: "georgia".into(),
             power_price_usd_per_mwh: d("40"),
+            prices: vec![],
             samples,
             usage: vec![],
             events: vec![],
         }
+    }
+
+    #[test]
+    fn energy_costs_its_imported_price_where_one_is_in_force_and_the_tariff_elsewhere() {
+        // A flat 1 MW for four hours, sampled every minute; hourly buckets. Imported prices:
+        // $100 over the second hour, −$20 over the first half of the third; a corrupt price
+        // and an overlapping import are ignored.
+        let samples = metered(T0, T0 + 4 * HOUR, MIN, |_| 1_000.0);
+        let mut input = site(samples);
+        let price = |start_ms, end_ms, usd_per_mwh| EnergyPrice {
+            start_ms,
+            end_ms,
+            usd_per_mwh,
+        };
+        input.prices = vec![
+            price(T0 + 2 * HOUR, T0 + 2 * HOUR + 30 * MIN, -20.0),
+            price(T0 + HOUR, T0 + 2 * HOUR, 100.0),
+            price(T0 + HOUR + 10 * MIN, T0 + HOUR + 20 * MIN, 9_999.0),
+            price(T0 + 3 * HOUR, T0 + 4 * HOUR, f64::NAN),
+        ];
+        let b = buckets(By::Interval, T0, T0 + 4 * HOUR).unwrap();
+        let pnl = site_pnl(&input, &b, &[], T0 + 4 * HOUR);
+        let hourly: Vec<Decimal> = pnl
+            .lines
+            .chunks(4)
+            .map(|hour| hour.iter().map(|l| l.energy_cost_usd).sum())
+            .collect();
+        assert_eq!(hourly, [d("40"), d("100"), d("10"), d("40")]);
+        assert_eq!(pnl.total.energy_cost_usd, d("190"));
+        assert!(
+            close(pnl.total.energy_kwh, 4_000.0, 1e-6),
+            "energy is the meter's either way"
+        );
+    }
+
+    #[test]
+    fn a_reading_across_a_price_change_is_split_at_it() {
+        let pieces = priced_pieces(
+            &[
+                EnergyPrice {
+                    start_ms: 10,
+                    end_ms: 20,
+                    usd_per_mwh: 5.0,
+                },
+                EnergyPrice {
+                    start_ms: 25,
+                    end_ms: 30,
+                    usd_per_mwh: 7.0,
+                },
+            ],
+            0,
+            40,
+        );
+        assert_eq!(
+            pieces,
+            [
+                (0, 10, None),
+                (10, 20, Some(5.0)),
+                (20, 25, None),
+                (25, 30, Some(7.0)),
+                (30, 40, None)
+            ]
+        );
+        assert_eq!(priced_pieces(&[], 3, 4), [(3, 4, None)]);
     }
 
     /// A site drawing `kw(t)` sampled every `every_ms` over `[start, end]`, its register

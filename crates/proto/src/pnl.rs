@@ -110,6 +110,8 @@ pub struct Metering {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SitePnl {
     pub site: String,
+    /// The site's fixed tariff: energy costs it wherever no imported price
+    /// (`PUT /api/v1/sites/{name}/prices`) was in force.
     #[schema(value_type = String)]
     pub power_price_usd_per_mwh: Decimal,
     pub lines: Vec<PnlLine>,

@@ -12,7 +12,9 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use wattmesh_domain::mining::Network;
-use wattmesh_domain::pnl::{self, By, Event, Line, MarketPoint, Sample, SiteInput, Usage};
+use wattmesh_domain::pnl::{
+    self, By, EnergyPrice, Event, Line, MarketPoint, Sample, SiteInput, Usage,
+};
 use wattmesh_proto::api::ApiError;
 use wattmesh_proto::pnl::{
     DrTerms, MarketSnapshot, MarketSpec, Metering, PnlLine, PnlReport, SitePnl, Treasury,
@@ -241,9 +243,23 @@ pub(crate) async fn pnl_report(
                 miners_ths: p.miners.ths,
             })
             .collect();
+        let prices = s
+            .store
+            .site_prices(&site.name, span.0, span.1)
+            .await?
+            .into_iter()
+            .map(|p| EnergyPrice {
+                start_ms: p.starts_at_ms,
+                end_ms: p
+                    .starts_at_ms
+                    .saturating_add(p.interval_s.saturating_mul(1000)),
+                usd_per_mwh: p.usd_per_mwh,
+            })
+            .collect();
         inputs.push(SiteInput {
             site: site.name.clone(),
             power_price_usd_per_mwh: site.power_price_usd_per_mwh,
+            prices,
             samples,
             usage: usage.remove(&site.name).unwrap_or_default(),
             events,
