@@ -294,6 +294,7 @@ impl SimSite {
                 wave_gap: Duration::from_millis(100),
                 ..FleetOptions::default()
             },
+            gpu_group: None,
         }
     }
 
@@ -704,6 +705,7 @@ async fn bad_fleet_options_are_refused_at_the_start() {
         meter: None,
         sample_every: Duration::from_secs(1),
         fleet: FleetOptions::default(),
+        gpu_group: None,
     };
     power.fleet.parallelism = 0;
     let result = run(

@@ -60,7 +60,7 @@ use crate::routes;
         pnl::SitePnl, pnl::Treasury, pnl::TreasuryRow, pnl::PnlReport,
         plan::PowerModel, plan::PowerPlan, plan::PriceImport, plan::PriceImportReceipt,
         plan::SitePrice, plan::SitePrices, plan::PlanDirective, plan::AsicTarget, plan::GpuTarget,
-        plan::PlanOutcome, plan::PlanReport,
+        plan::PlanOutcome, plan::PlanReport, plan::GpuCapReport,
         gateway::GatewayConfig, gateway::GatewayKey, gateway::GatewayTenant,
         gateway::GatewayPrice, gateway::ModelRoute, gateway::RouteReplica,
     )),

@@ -248,6 +248,7 @@ fn record_of(site: &str, live: LivePlan, now_ms: i64) -> PowerPlanRecord {
                     nodes: t.nodes,
                     nodes_on: t.nodes_on,
                     kw: t.kw,
+                    node_max_kw: t.node_max_kw,
                 })
                 .collect(),
             expected_meter_kw: live.expected_meter_kw,

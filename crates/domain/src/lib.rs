@@ -10,6 +10,7 @@
 //! - [`market`]: electricity price series (tariff, CSV, synthetic ERCOT-like traces) and the
 //!   Bitcoin market's hashprice per interval.
 //! - [`dr`]: demand-response events: targets, windows, what to shed, whether a target held.
+//! - [`gpu`]: GPU power caps from a plan's GPU group draw.
 //! - [`planner`]: the linear program that splits a site's power among GPUs, ASICs and the grid,
 //!   its rolling horizon, and the baselines it is measured against.
 //! - [`pnl`]: one P&L per site and for the fleet, booked from the meter, the miners, billed
@@ -21,6 +22,7 @@
 
 pub mod dr;
 pub mod fleet;
+pub mod gpu;
 pub mod limits;
 pub mod market;
 pub mod mining;

@@ -140,6 +140,9 @@ pub struct GpuTarget {
     pub nodes_on: f64,
     /// The group's planned draw, kW (IT).
     pub kw: f64,
+    /// One node's draw at full load, kW: agents cap their GPUs at the planned fraction of it.
+    #[serde(default)]
+    pub node_max_kw: f64,
 }
 
 /// How applying a plan went.
@@ -173,4 +176,18 @@ pub struct PlanReport {
     /// What could not be applied or confirmed, one line each (at most a few per cause).
     #[serde(default)]
     pub problems: Vec<String>,
+    /// The power limit set on each of the agent's GPUs, and what the driver enforces.
+    #[serde(default)]
+    pub gpu_caps: Vec<GpuCapReport>,
+}
+
+/// One GPU's power cap under a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuCapReport {
+    pub index: u32,
+    pub name: String,
+    /// The limit asked for, W.
+    pub limit_w: f64,
+    /// The limit the driver enforces after, W; absent when it could not be read.
+    pub enforced_w: Option<f64>,
 }

@@ -554,6 +554,10 @@ pub struct AgentArgs {
     /// Seconds between two power samples (meter and every miner's telemetry).
     #[arg(long, default_value_t = 2.0)]
     pub sample_every_s: f64,
+    /// The site power model's GPU group this host's NVIDIA GPUs belong to: the live plan caps
+    /// them (through NVML) at that group's planned share [default: the plan's only group].
+    #[arg(long)]
+    pub gpu_group: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -163,3 +163,34 @@ fn miners_that_do_not_answer_fail_the_command_and_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: Antminer S19 XP"));
 }
+
+#[test]
+fn agent_power_flags_that_cannot_take_effect_are_refused_before_it_starts() {
+    // No control plane listens at port 9: each is refused before anything is called.
+    let base = [
+        "agent",
+        "--control-url",
+        "http://127.0.0.1:9",
+        "--site",
+        "s",
+        "--region",
+        "r",
+        "--bootstrap-token",
+        "x",
+    ];
+    for (extra, says) in [
+        (
+            &["--gpu-group", "h100"][..],
+            "--gpu-group needs --meter or --miners",
+        ),
+        (
+            &["--meter", "127.0.0.1:1502", "--sample-every-s", "0"][..],
+            "--sample-every-s",
+        ),
+    ] {
+        let out = wattmesh(&[&base[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+}

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -25,6 +26,7 @@ use wattmesh_proto::agent::DesiredState;
 use wattmesh_proto::energy::{DrAcks, DrDirective, MinerAck, PowerSample};
 use wattmesh_proto::plan::{PlanDirective, PlanReport};
 
+use super::gpu::{self, GpuControl, GpuOutcome, Nvml};
 use super::plan::{self, Applied};
 use super::sample::read_miners;
 use super::{PowerConfig, instant_at, ms_until, now_ms};
@@ -114,6 +116,10 @@ pub(crate) struct DrExecutor {
     /// Each miner's power target (W) as last confirmed by its own draw; forgotten when a
     /// target was not confirmed, so it is set again. Never held across an await.
     targets: std::sync::Mutex<HashMap<SocketAddr, f64>>,
+    /// This host's GPU group in the power model (`None`: the plan's only one).
+    gpu_group: Option<String>,
+    /// NVML, opened at the first plan with GPU groups (or why it could not be).
+    gpus: std::sync::OnceLock<Result<Arc<dyn GpuControl>, String>>,
     shutdown: CancellationToken,
 }
 
@@ -136,6 +142,8 @@ impl DrExecutor {
             state,
             samples,
             targets: std::sync::Mutex::default(),
+            gpu_group: config.gpu_group.clone(),
+            gpus: std::sync::OnceLock::new(),
             shutdown,
         }
     }
@@ -452,6 +460,18 @@ impl DrExecutor {
                     applied.refused = Some(e.to_string());
                 }
             }
+        }
+        if p.gpu_groups.iter().any(|g| g.nodes > 0) {
+            let control = self.gpus.get_or_init(Nvml::open).clone();
+            let (plan, group) = (p.clone(), self.gpu_group.clone());
+            // NVML calls are blocking ioctls into the driver.
+            applied.gpu =
+                tokio::task::spawn_blocking(move || gpu::apply(&control, &plan, group.as_deref()))
+                    .await
+                    .unwrap_or_else(|e| GpuOutcome {
+                        caps: Vec::new(),
+                        problems: vec![format!("GPU power caps not applied: {e}")],
+                    });
         }
         let meter_kw = self.fresh_meter_kw().await;
         let report = plan::report(p, &applied, meter_kw, now_ms());

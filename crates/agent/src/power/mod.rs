@@ -38,6 +38,7 @@ use wattmesh_miner::fleet::FleetOptions;
 use wattmesh_proto::energy::{DrDirective, PowerSample};
 
 pub(crate) mod dr;
+pub(crate) mod gpu;
 pub(crate) mod plan;
 pub(crate) mod sample;
 
@@ -53,6 +54,8 @@ pub struct PowerConfig {
     /// How the miners are talked to: parallelism, timeouts (the meter's too), what counts as
     /// asleep or hashing, and the waves of a wake.
     pub fleet: FleetOptions,
+    /// The power model's GPU group this host's GPUs belong to; `None`: the plan's only one.
+    pub gpu_group: Option<String>,
 }
 
 /// The wall clock in unix milliseconds, the clock of [`DrDirective`] and [`PowerSample`].

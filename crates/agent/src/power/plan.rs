@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use wattmesh_miner::fleet::{FleetReport, PowerReport};
 use wattmesh_proto::plan::{PlanDirective, PlanOutcome, PlanReport};
 
+use super::gpu::GpuOutcome;
+
 /// Most problem lines a report carries per cause; the rest are counted.
 const MAX_PROBLEMS: usize = 5;
 
@@ -87,6 +89,8 @@ pub(crate) struct Applied {
     pub kept_miners: Vec<SocketAddr>,
     /// An operation that could not start, or the plan not fitting the miners.
     pub refused: Option<String>,
+    /// The GPU caps set on this host.
+    pub gpu: GpuOutcome,
 }
 
 impl Applied {
@@ -172,14 +176,7 @@ pub(crate) fn report(
         note(clamped);
     }
     let hashing = applied.hashing_at_target().len();
-    let gpu_planned = plan.gpu_groups.iter().any(|g| g.nodes > 0);
-    if gpu_planned {
-        problems.push(
-            "GPU power caps not applied: this agent drives no NVIDIA GPU (no NVML); the GPU \
-             groups' draw is not capped"
-                .into(),
-        );
-    }
+    note(applied.gpu.problems.clone());
     if let Some(why) = &applied.refused {
         problems.insert(0, why.clone());
     }
@@ -201,6 +198,7 @@ pub(crate) fn report(
         miners_unconfirmed: count(unconfirmed),
         meter_kw,
         problems,
+        gpu_caps: applied.gpu.caps.clone(),
     }
 }
 
@@ -280,9 +278,14 @@ mod tests {
             nodes: 2,
             nodes_on: 1.0,
             kw: 1.5,
+            node_max_kw: 1.5,
         }];
         let applied = Applied {
             refused: Some("does not fit".into()),
+            gpu: GpuOutcome {
+                caps: vec![],
+                problems: vec!["GPU power caps not applied: no NVML on this host".into()],
+            },
             ..Applied::default()
         };
         let r = report(&p, &applied, Some(12.5), 77);

@@ -56,6 +56,8 @@ pub struct GpuTarget {
     pub nodes: u32,
     pub nodes_on: f64,
     pub kw: f64,
+    /// One node's draw at full load (the site file's `max_kw`): what GPU caps scale against.
+    pub node_max_kw: f64,
 }
 
 /// The plan for the interval that contains `now`.
@@ -173,6 +175,7 @@ pub fn plan_now(spec: &SiteSpec, inputs: &LiveInputs) -> Result<LivePlan, PlanEr
                 nodes: whole(group.nodes()),
                 nodes_on: planned.nodes_on,
                 kw: planned.kw,
+                node_max_kw: group.max_kw,
             }
         })
         .collect();

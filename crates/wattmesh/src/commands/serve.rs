@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use wattmesh_agent::{AgentConfig, Catalog};
 
@@ -78,6 +78,12 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         None => None,
     };
     let power = if args.miners.is_empty() && args.meter.is_none() {
+        if args.gpu_group.is_some() {
+            bail!(
+                "--gpu-group needs --meter or --miners: an agent applies power plans only at a \
+                 site whose power it reads"
+            );
+        }
         None
     } else {
         let miners = if args.miners.is_empty() {
@@ -94,7 +100,10 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
                     args.sample_every_s
                 )
             })?;
-        Some(power_config(miners, args.meter, every))
+        Some(wattmesh_agent::PowerConfig {
+            gpu_group: args.gpu_group.clone(),
+            ..power_config(miners, args.meter, every)
+        })
     };
     let config = site_agent_config(SiteAgent {
         control_url: args.control_url.clone(),
@@ -166,6 +175,7 @@ pub fn power_config(
         meter,
         sample_every,
         fleet: wattmesh_agent::FleetOptions::default(),
+        gpu_group: None,
     }
 }
 
