@@ -837,3 +837,70 @@ async fn a_dr_event_comes_first_and_the_plan_is_applied_after_it() {
     running.stop().await;
     control.shut_down().await;
 }
+
+#[tokio::test]
+async fn a_dr_event_interrupts_a_plans_wake_and_is_shed_at_once() {
+    let site = SimSite::start().await;
+    let control = RunningControl::start(desired(None)).await;
+    let agent = Agent::new();
+    // Waves of two, 5 s apart: waking the 20 miners would take 45 s.
+    let mut power = site.power();
+    power.fleet.wave_size = 2;
+    power.fleet.wave_gap = Duration::from_secs(5);
+    let running = RunningAgent::start(agent.config(&control.url, Some(power)));
+    eventually("a heartbeat with every miner hashing", || {
+        control.sample(|s| (s.miners.hashing as usize == MINERS).then_some(()))
+    })
+    .await;
+    control.set_plan(Some(plan("plan-sleep", 20, 0, 3_000.0)));
+    eventually("every miner asleep under the plan", || {
+        control.report("plan-sleep").map(|_| ())
+    })
+    .await;
+    assert!(site.all(Phase::Asleep));
+
+    // A plan that wakes every miner, and a DR event a moment into its first waves.
+    control.set_plan(Some(plan("plan-wake", 20, 20, 3_000.0)));
+    eventually("the plan's first wave", || {
+        site.fleet
+            .units()
+            .iter()
+            .any(|u| u.curtails.len() > 1)
+            .then_some(())
+    })
+    .await;
+    let start = now_ms();
+    control.set_dr(Some(directive("dr-1", start, start + 60_000)));
+    let report = eventually("the interrupted plan's report", || {
+        control.report("plan-wake")
+    })
+    .await;
+    assert_eq!(report.outcome, PlanOutcome::Partial, "{report:?}");
+    assert!(
+        report.problems[0].contains("interrupted by a demand-response event"),
+        "{report:?}"
+    );
+    eventually("every miner asleep for the event", || {
+        site.all(Phase::Asleep).then_some(())
+    })
+    .await;
+    let acked = eventually("the event's acknowledgements", || {
+        control.recorded(|r| {
+            r.acks
+                .iter()
+                .find(|(id, _)| id == "dr-1")
+                .map(|(_, a)| a.clone())
+        })
+    })
+    .await;
+    assert_eq!(acked.miners.len(), MINERS);
+    // Well before the plan's waves would have let go of the miners.
+    assert!(
+        now_ms() - start < 15_000,
+        "shed {} ms after the event's start",
+        now_ms() - start
+    );
+
+    running.stop().await;
+    control.shut_down().await;
+}

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 
 mod hold;
 mod power;
 
 pub use hold::{HoldMiner, HoldReport, hold_asleep};
-pub use power::{PowerMinerReport, PowerReport, choose_profile, set_power};
+pub use power::{PowerMinerReport, PowerReport, choose_profile, set_power, set_power_unless};
 
 use crate::client::{MinerClient, MinerError};
 use crate::luxos::{Curtail, with_session};
@@ -114,6 +115,10 @@ pub enum OpError {
         within: Duration,
         last: String,
     },
+    /// The operation was interrupted after this miner acknowledged, before its telemetry
+    /// confirmed it (or before it was commanded at all: then it has no acknowledgement).
+    #[error("miner {addr}: not confirmed, the operation was interrupted ({last})")]
+    Interrupted { addr: SocketAddr, last: String },
 }
 
 /// A miner's own reading of itself.
@@ -181,14 +186,29 @@ impl FleetReport {
 pub async fn sleep(miners: &[SocketAddr], opts: &FleetOptions) -> Result<FleetReport, FleetError> {
     opts.validate()?;
     let mut op = Operation::new(miners, opts, Curtail::Sleep);
-    op.run(vec![(0..miners.len()).collect()]).await;
-    Ok(op.finish())
+    // A sleep is never interrupted: it is what an interruption is for.
+    op.run(vec![(0..miners.len()).collect()], &CancellationToken::new())
+        .await;
+    Ok(op.finish(false))
 }
 
 /// Wakes `miners` in waves of `wave_size`, `wave_gap` apart (a wave late because the previous
 /// one was slow starts at once after it), so the site's load does not jump at once; confirms
 /// each by its telemetry showing a hashrate.
 pub async fn wake(miners: &[SocketAddr], opts: &FleetOptions) -> Result<FleetReport, FleetError> {
+    wake_unless(miners, opts, &CancellationToken::new()).await
+}
+
+/// [`wake`], stopping early once `interrupt` is cancelled: no wave starts after it, and the
+/// miners commanded are no longer waited for. A wave being commanded is finished first — each
+/// command holds a LuxOS session, and one dropped half-way would lock its miner for minutes.
+/// Miners never commanded have no acknowledgement; those acknowledged and not yet confirmed
+/// carry [`OpError::Interrupted`].
+pub async fn wake_unless(
+    miners: &[SocketAddr],
+    opts: &FleetOptions,
+    interrupt: &CancellationToken,
+) -> Result<FleetReport, FleetError> {
     opts.validate()?;
     let indices: Vec<usize> = (0..miners.len()).collect();
     let waves = indices
@@ -196,8 +216,8 @@ pub async fn wake(miners: &[SocketAddr], opts: &FleetOptions) -> Result<FleetRep
         .map(<[usize]>::to_vec)
         .collect();
     let mut op = Operation::new(miners, opts, Curtail::Wakeup);
-    op.run(waves).await;
-    Ok(op.finish())
+    op.run(waves, interrupt).await;
+    Ok(op.finish(interrupt.is_cancelled()))
 }
 
 /// One running sleep or wake.
@@ -236,10 +256,13 @@ impl<'a> Operation<'a> {
 
     /// Commands each wave at its time and polls the acknowledged miners in between, until
     /// every miner is confirmed or past its deadline.
-    async fn run(&mut self, waves: Vec<Vec<usize>>) {
+    async fn run(&mut self, waves: Vec<Vec<usize>>, interrupt: &CancellationToken) {
         let mut waves = waves.into_iter().enumerate().peekable();
         let mut next_poll = None;
         loop {
+            if interrupt.is_cancelled() {
+                return;
+            }
             let now = Instant::now();
             let wave_at = |k: usize| self.started + self.opts.wave_gap.saturating_mul(k as u32);
             if let Some((k, _)) = waves.peek()
@@ -261,7 +284,10 @@ impl<'a> Operation<'a> {
                 (wave, _, poll) => {
                     let poll = poll.filter(|_| !pending.is_empty());
                     match wave.into_iter().chain(poll).min() {
-                        Some(at) => sleep_until(at).await,
+                        Some(at) => tokio::select! {
+                            _ = sleep_until(at) => {}
+                            _ = interrupt.cancelled() => return,
+                        },
                         None => return,
                     }
                 }
@@ -335,8 +361,9 @@ impl<'a> Operation<'a> {
         }
     }
 
-    /// The reports, with an error for every acknowledged miner that never confirmed.
-    fn finish(self) -> FleetReport {
+    /// The reports, with an error for every acknowledged miner that never confirmed (cut
+    /// short by an interruption, if `interrupted`).
+    fn finish(self, interrupted: bool) -> FleetReport {
         let within = self.opts.confirm_within;
         let miners = self
             .reports
@@ -351,10 +378,14 @@ impl<'a> Operation<'a> {
                         (None, Some(e)) => format!("no reading: {e}"),
                         (None, None) => "no reading".to_owned(),
                     };
-                    r.error = Some(OpError::NotConfirmed {
-                        addr: r.addr,
-                        within,
-                        last,
+                    r.error = Some(if interrupted {
+                        OpError::Interrupted { addr: r.addr, last }
+                    } else {
+                        OpError::NotConfirmed {
+                            addr: r.addr,
+                            within,
+                            last,
+                        }
                     });
                 }
                 r

@@ -98,6 +98,52 @@ async fn wake_goes_in_waves() {
 }
 
 #[tokio::test]
+async fn an_interrupted_wake_starts_no_more_waves_and_says_who_was_left() {
+    let sim = sim(10, true).await;
+    let opts = FleetOptions {
+        wave_size: 4,
+        wave_gap: Duration::from_secs(30),
+        ..opts()
+    };
+    let interrupt = CancellationToken::new();
+    let stop = interrupt.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+    });
+    let started = Instant::now();
+    let report = fleet::wake_unless(sim.addrs(), &opts, &interrupt)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it waited for the next wave: {:?}",
+        started.elapsed()
+    );
+    // The first wave was commanded and finished; the other six never were.
+    let commanded: Vec<usize> = sim
+        .units()
+        .iter()
+        .filter(|u| !u.curtails.is_empty())
+        .map(|u| u.index)
+        .collect();
+    assert_eq!(commanded, [0, 1, 2, 3]);
+    for m in &report.miners[4..] {
+        assert!(m.acknowledged_at.is_none() && m.error.is_none(), "{m:?}");
+    }
+    for m in &report.miners[..4] {
+        assert!(m.acknowledged_at.is_some(), "{m:?}");
+        // Confirmed before the interruption, or said to be cut short by it.
+        assert!(
+            m.confirmed_at.is_some() || matches!(m.error, Some(OpError::Interrupted { .. })),
+            "{m:?}"
+        );
+    }
+    assert!(!report.all_confirmed());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn hold_asleep_puts_back_a_unit_that_woke_by_itself() {
     let sim = sim(6, true).await;
     let stop = CancellationToken::new();

@@ -192,7 +192,7 @@ impl DrExecutor {
                     continue;
                 }
                 (_, _, Some(p)) => {
-                    match self.apply_plan(&p).await {
+                    match self.apply_plan(&p, &desired, finished.as_ref()).await {
                         Exit::Done => applied = Some(p.plan_id),
                         Exit::Shutdown => return,
                     }
@@ -439,9 +439,16 @@ impl DrExecutor {
 
     /// Applies power plan `p`: the miners it has asleep go to sleep, those it has hashing are
     /// woken (in waves) and set to its power target; then reports what the miners' telemetry
-    /// and the meter confirmed. Like a DR sleep or wake, the operations run to the end (a DR
-    /// event that starts meanwhile is shed once they are done).
-    async fn apply_plan(&self, p: &PlanDirective) -> Exit {
+    /// and the meter confirmed. A DR event that comes on meanwhile (in `desired`, other than
+    /// the one `finished`) interrupts it: the commands in flight finish, no wave starts after
+    /// them, nothing more is waited for, and the report says so — a wake's waves and ramps
+    /// last minutes, and the event's miners must answer within seconds.
+    async fn apply_plan(
+        &self,
+        p: &PlanDirective,
+        desired: &watch::Receiver<DesiredState>,
+        finished: Option<&(String, i64)>,
+    ) -> Exit {
         let site = &self.site;
         let mut applied = Applied::default();
         match plan::assign(&self.miners, p) {
@@ -450,11 +457,25 @@ impl DrExecutor {
                 applied.refused = Some(why);
             }
             Ok(assignment) => {
-                let work = self.command_plan(&assignment, &mut applied);
-                let done = tokio::select! {
-                    _ = self.shutdown.cancelled() => return Exit::Shutdown,
-                    done = work => done,
+                let interrupt = CancellationToken::new();
+                let done = {
+                    let work = self.command_plan(&assignment, &mut applied, &interrupt);
+                    tokio::pin!(work);
+                    let mut event = std::pin::pin!(dr_comes_on(desired.clone(), finished.cloned()));
+                    loop {
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return Exit::Shutdown,
+                            done = &mut work => break done,
+                            id = &mut event, if !interrupt.is_cancelled() => {
+                                tracing::info!(site = %site, plan = %p.plan_id, event = %id, "a DR event came on: the power plan stops at the commands in flight");
+                                interrupt.cancel();
+                            }
+                        }
+                    }
                 };
+                if interrupt.is_cancelled() {
+                    applied.interrupted = Some("interrupted by a demand-response event: the rest of the plan waits for its end".into());
+                }
                 if let Err(e) = done {
                     tracing::error!(site = %site, plan = %p.plan_id, "cannot apply the power plan: {e}");
                     applied.refused = Some(e.to_string());
@@ -473,7 +494,13 @@ impl DrExecutor {
                         problems: vec![format!("GPU power caps not applied: {e}")],
                     });
         }
-        let meter_kw = self.fresh_meter_kw().await;
+        // An interrupted plan hands the miners to the DR event at once: the newest sample's
+        // meter, not one more sampling round's.
+        let meter_kw = if applied.interrupted.is_some() {
+            self.samples.borrow().as_ref().and_then(|s| s.meter_kw)
+        } else {
+            self.fresh_meter_kw().await
+        };
         let report = plan::report(p, &applied, meter_kw, now_ms());
         tracing::info!(
             site = %site, plan = %p.plan_id, outcome = ?report.outcome,
@@ -500,6 +527,7 @@ impl DrExecutor {
         &self,
         assignment: &plan::Assignment,
         applied: &mut Applied,
+        interrupt: &CancellationToken,
     ) -> Result<(), FleetError> {
         let clients: Vec<MinerClient> = self
             .miners
@@ -553,13 +581,16 @@ impl DrExecutor {
                 }
             }
             if !retarget.is_empty() {
+                if interrupt.is_cancelled() {
+                    break;
+                }
                 applied
                     .powered
-                    .push(fleet::set_power(&retarget, *watts, &self.opts).await?);
+                    .push(fleet::set_power_unless(&retarget, *watts, &self.opts, interrupt).await?);
             }
         }
-        if !to_wake.is_empty() {
-            applied.woke = Some(fleet::wake(&to_wake, &self.opts).await?);
+        if !to_wake.is_empty() && !interrupt.is_cancelled() {
+            applied.woke = Some(fleet::wake_unless(&to_wake, &self.opts, interrupt).await?);
         }
         // Remember what is now in force, so the next plan leaves it alone.
         let in_force = applied.hashing_at_target();
@@ -694,6 +725,31 @@ fn log_directive(site: &str, dr: Option<&DrDirective>, drives_miners: bool) {
             ends_at_ms = d.ends_at_ms,
             "DR directive ignored: this agent drives no miners"
         ),
+    }
+}
+
+/// Resolves with the event's id once a DR directive in `desired` is on (other than the one
+/// already shed, `finished`): waits for its start, or for the desired state to change.
+async fn dr_comes_on(
+    mut desired: watch::Receiver<DesiredState>,
+    finished: Option<(String, i64)>,
+) -> String {
+    loop {
+        let dr = desired.borrow_and_update().dr.clone();
+        let wait = match (phase(dr.as_ref(), now_ms()), dr) {
+            (Phase::During, Some(d)) if finished != Some((d.event_id.clone(), d.ends_at_ms)) => {
+                return d.event_id;
+            }
+            (Phase::Before(wait), _) => Some(wait.min(RECHECK)),
+            _ => None,
+        };
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() {
+                // The session is gone: no event can come any more.
+                std::future::pending::<()>().await;
+            },
+            _ = sleep_for(wait) => {}
+        }
     }
 }
 

@@ -25,8 +25,11 @@
 //! directives are logged and otherwise ignored.
 //!
 //! **Invariant:** no fleet operation is started except by the executor, and the executor never
-//! abandons a sleep or a wake half-way except on shutdown: a dropped operation can leave LuxOS
-//! sessions held on its miners, which would refuse the next command for minutes.
+//! abandons a command half-way except on shutdown: a dropped command can leave a LuxOS session
+//! held on its miner, which would refuse the next command for minutes. A power plan's wake and
+//! power targets are cut short *between* commands when a DR event comes on (no further wave,
+//! no more waiting for confirmations): the event's miners must answer within seconds, and a
+//! wake's waves and ramps last minutes.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -91,6 +91,8 @@ pub(crate) struct Applied {
     pub refused: Option<String>,
     /// The GPU caps set on this host.
     pub gpu: GpuOutcome,
+    /// Why the plan stopped before it was all applied (a DR event came on).
+    pub interrupted: Option<String>,
 }
 
 impl Applied {
@@ -177,6 +179,9 @@ pub(crate) fn report(
     }
     let hashing = applied.hashing_at_target().len();
     note(applied.gpu.problems.clone());
+    if let Some(why) = &applied.interrupted {
+        problems.insert(0, why.clone());
+    }
     if let Some(why) = &applied.refused {
         problems.insert(0, why.clone());
     }

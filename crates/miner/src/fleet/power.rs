@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 
 use futures::stream::{self, StreamExt};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 
 use super::{FleetError, FleetOptions, OpError, poll_all, telemetry};
 use crate::api::ApiError;
@@ -98,6 +99,18 @@ pub async fn set_power(
     target_w: f64,
     opts: &FleetOptions,
 ) -> Result<PowerReport, FleetError> {
+    set_power_unless(miners, target_w, opts, &CancellationToken::new()).await
+}
+
+/// [`set_power`], no longer waiting for confirmations once `interrupt` is cancelled (the
+/// commands themselves always finish: each holds a LuxOS session). Miners acknowledged and
+/// not yet confirmed then carry [`OpError::Interrupted`].
+pub async fn set_power_unless(
+    miners: &[SocketAddr],
+    target_w: f64,
+    opts: &FleetOptions,
+    interrupt: &CancellationToken,
+) -> Result<PowerReport, FleetError> {
     if !(target_w.is_finite() && target_w > 0.0) {
         return Err(FleetError::BadTarget(target_w));
     }
@@ -122,8 +135,11 @@ pub async fn set_power(
     let mut poll_errors: Vec<Option<MinerError>> = miners.iter().map(|_| None).collect();
 
     let mut next_poll = Instant::now() + opts.poll_every;
-    while !pending(&reports, opts, Instant::now()).is_empty() {
-        sleep_until(next_poll).await;
+    while !interrupt.is_cancelled() && !pending(&reports, opts, Instant::now()).is_empty() {
+        tokio::select! {
+            _ = sleep_until(next_poll) => {}
+            _ = interrupt.cancelled() => break,
+        }
         // Again after the pause: a miner past its deadline meanwhile is not polled.
         let due = pending(&reports, opts, Instant::now());
         for (i, reading) in poll_all(&clients, &due, opts.parallelism).await {
@@ -152,10 +168,14 @@ pub async fn set_power(
                 (None, Some(e)) => format!("no reading: {e}"),
                 (None, None) => "no reading".to_owned(),
             };
-            r.error = Some(OpError::NotConfirmed {
-                addr: r.addr,
-                within,
-                last,
+            r.error = Some(if interrupt.is_cancelled() {
+                OpError::Interrupted { addr: r.addr, last }
+            } else {
+                OpError::NotConfirmed {
+                    addr: r.addr,
+                    within,
+                    last,
+                }
             });
         }
     }
