@@ -57,20 +57,31 @@ pub(crate) async fn plan_site(
 }
 
 /// Plans `site` again after a change the plan in force did not see (a DR event made or
-/// cancelled), if it has a power model. Best effort: the change itself is stored, and the
-/// next interval plans anyway.
-pub(crate) async fn replan(store: &dyn Store, site: &str, interval: IntervalLength, now_ms: i64) {
+/// cancelled, prices imported), if it has a power model; returns the new plan. Best effort:
+/// the change itself is stored, and the next interval plans anyway.
+pub(crate) async fn replan(
+    store: &dyn Store,
+    site: &str,
+    interval: IntervalLength,
+    now_ms: i64,
+) -> Option<PowerPlanRecord> {
     match store.power_model(site).await {
         Ok(_) => {}
-        Err(StoreError::NotFound { .. }) => return,
+        Err(StoreError::NotFound { .. }) => return None,
         Err(e) => {
             tracing::warn!(%site, "cannot replan: {e}");
-            return;
+            return None;
         }
     }
     match plan_site(store, site, interval, now_ms).await {
-        Ok(plan) => tracing::info!(%site, plan = %plan.id, "replanned the interval"),
-        Err(e) => tracing::warn!(%site, "cannot replan: {e}"),
+        Ok(plan) => {
+            tracing::info!(%site, plan = %plan.id, "replanned the interval");
+            Some(plan)
+        }
+        Err(e) => {
+            tracing::warn!(%site, "cannot replan: {e}");
+            None
+        }
     }
 }
 

@@ -106,7 +106,8 @@ async fn a_site_is_planned_from_its_tariff_and_the_market_and_its_agent_is_told(
 
     // The agent's report is kept with the plan; another site's agent cannot report it.
     let report = json!({"outcome": "applied", "at_ms": 1, "miners_hashing": 0, "miners_asleep": 10,
-        "miners_unconfirmed": 0, "meter_kw": 1.2, "problems": []});
+        "miners_unconfirmed": 0, "meter_kw": 1.2, "problems": [],
+        "gpu_caps": [{"index": 0, "name": "H100", "limit_w": 420.0, "enforced_w": 420.0}]});
     let path = format!(
         "/api/v1/agent/plans/{}/report",
         replan["id"].as_str().unwrap()

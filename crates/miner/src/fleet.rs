@@ -121,6 +121,23 @@ pub enum OpError {
     Interrupted { addr: SocketAddr, last: String },
 }
 
+impl OpError {
+    /// A miner that acknowledged and was not confirmed: in time (`NotConfirmed`), or before
+    /// the operation was interrupted.
+    pub(crate) fn unconfirmed(
+        addr: SocketAddr,
+        within: Duration,
+        last: String,
+        interrupted: bool,
+    ) -> OpError {
+        if interrupted {
+            OpError::Interrupted { addr, last }
+        } else {
+            OpError::NotConfirmed { addr, within, last }
+        }
+    }
+}
+
 /// A miner's own reading of itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Telemetry {
@@ -378,15 +395,7 @@ impl<'a> Operation<'a> {
                         (None, Some(e)) => format!("no reading: {e}"),
                         (None, None) => "no reading".to_owned(),
                     };
-                    r.error = Some(if interrupted {
-                        OpError::Interrupted { addr: r.addr, last }
-                    } else {
-                        OpError::NotConfirmed {
-                            addr: r.addr,
-                            within,
-                            last,
-                        }
-                    });
+                    r.error = Some(OpError::unconfirmed(r.addr, within, last, interrupted));
                 }
                 r
             })

@@ -71,6 +71,12 @@ fn report(outcome: PlanOutcome) -> PlanReport {
         miners_unconfirmed: 2,
         meter_kw: Some(361.25),
         problems: vec!["miner 127.0.0.1:4001: not confirmed".into()],
+        gpu_caps: vec![wattmesh_proto::plan::GpuCapReport {
+            index: 0,
+            name: "H100".into(),
+            limit_w: 420.0,
+            enforced_w: None,
+        }],
     }
 }
 

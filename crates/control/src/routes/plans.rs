@@ -13,7 +13,7 @@ use wattmesh_proto::api::ApiError;
 use wattmesh_proto::plan::{
     PlanReport, PowerModel, PowerPlan, PriceImport, PriceImportReceipt, SitePrice, SitePrices,
 };
-use wattmesh_store::{PowerModelRecord, PowerPlanRecord, SitePricePoint, StoreError};
+use wattmesh_store::{PowerModelRecord, PowerPlanRecord, SitePricePoint};
 
 use super::JsonList;
 use crate::ControlError;
@@ -148,18 +148,12 @@ pub(crate) async fn import_prices(
     let replaced = s.store.import_site_prices(&site, &points).await?;
     let end_ms = series.timestamp(series.len()) * 1000;
     // The plan in force was made on the old prices.
-    let now = now_ms();
-    let replanned = match planning::plan_site(&*s.store, &site, s.plan_interval, now).await {
-        Ok(plan) => {
-            s.reconciler.nudge().await;
-            Some(plan.id)
-        }
-        Err(PlanningError::Store(StoreError::NotFound { .. })) => None,
-        Err(e) => {
-            tracing::warn!(%site, "prices imported, but the site cannot be replanned: {e}");
-            None
-        }
-    };
+    let replanned = planning::replan(&*s.store, &site, s.plan_interval, now_ms())
+        .await
+        .map(|plan| plan.id);
+    if replanned.is_some() {
+        s.reconciler.nudge().await;
+    }
     Ok(Json(PriceImportReceipt {
         site,
         imported: points.len(),

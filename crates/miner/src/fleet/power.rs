@@ -168,15 +168,12 @@ pub async fn set_power_unless(
                 (None, Some(e)) => format!("no reading: {e}"),
                 (None, None) => "no reading".to_owned(),
             };
-            r.error = Some(if interrupt.is_cancelled() {
-                OpError::Interrupted { addr: r.addr, last }
-            } else {
-                OpError::NotConfirmed {
-                    addr: r.addr,
-                    within,
-                    last,
-                }
-            });
+            r.error = Some(OpError::unconfirmed(
+                r.addr,
+                within,
+                last,
+                interrupt.is_cancelled(),
+            ));
         }
     }
     Ok(PowerReport {
