@@ -166,7 +166,9 @@ def test_each_site_is_planned_and_its_agent_applies_and_confirms_the_plan(fleet)
          "hosting_usd_per_mwh": None}], model
     for s in SITES:
         plans = json.loads(fleet.cli("planner", "plans", s, "--json").stdout)
-        assert plans and plans[-1]["report"]["outcome"] == "applied", plans[-1:]
+        # Some plan applied: not always the first — a plan made just before an interval starts
+        # is replaced by the next interval's before the agent gets to it, and is never applied.
+        assert any(p["report"] and p["report"]["outcome"] == "applied" for p in plans), plans
 
     def reported(plan_id):
         def check():
