@@ -6,7 +6,8 @@
 //! - `error.rs`: [`ControlError`], the one place errors become HTTP responses.
 //! - `secrets.rs`: token and API key generation, hashing, the 0600 token files.
 //! - `clock.rs`: reading and writing wall times at the edge (RFC 3339, dates, months).
-//! - `liveness.rs`: which sites heartbeat on time (tokio's clock, so tests can pause it).
+//! - `liveness.rs`: which sites heartbeat on time, and which gateway processes poll the config
+//!   (tokio's clock, so tests can pause it).
 //! - `plan.rs`: pure — store rows in, `wattmesh_domain::place` called, the replica diff out.
 //! - `views.rs`: pure — store rows to API, desired-state and gateway-config shapes.
 //! - `invoice.rs`: pure — a month's usage and replica time to an invoice.
