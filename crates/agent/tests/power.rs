@@ -61,6 +61,10 @@ struct Recorded {
     acks: Vec<(String, DrAcks)>,
     /// Every plan report: the plan id of its path and its body.
     reports: Vec<(String, PlanReport)>,
+    /// Plan reports answered 503 (while `refuse_reports` is set).
+    reports_refused: usize,
+    /// Answer plan reports 503, as a control plane restarting does.
+    refuse_reports: bool,
 }
 
 #[derive(Clone)]
@@ -235,7 +239,12 @@ async fn plan_report(
     if !agent_ok(&fake, &headers) {
         return unauthorized();
     }
-    fake.recorded.lock().unwrap().reports.push((id, report));
+    let mut r = fake.recorded.lock().unwrap();
+    if r.refuse_reports {
+        r.reports_refused += 1;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    r.reports.push((id, report));
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -785,6 +794,28 @@ async fn a_plan_sleeps_some_miners_sets_the_others_to_its_target_and_reports_it(
     })
     .await;
 
+    running.stop().await;
+    control.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_plan_applied_past_its_interval_is_still_reported() {
+    let (_site, control, _agent, running) = start_all(None).await;
+    control.fake.recorded.lock().unwrap().refuse_reports = true;
+    let mut p = plan("plan-late", 20, 20, 3_000.0);
+    p.ends_at_ms = now_ms() + 1_500;
+    let ends_at_ms = p.ends_at_ms;
+    control.set_plan(Some(p));
+    // The control plane is away until the plan's interval is over.
+    eventually("a refused report past the plan's interval", || {
+        let refused = control.recorded(|r| r.reports_refused);
+        (refused > 0 && now_ms() > ends_at_ms + 500).then_some(())
+    })
+    .await;
+    control.fake.recorded.lock().unwrap().refuse_reports = false;
+    let report = eventually("the late plan's report", || control.report("plan-late")).await;
+    assert_eq!(report.outcome, PlanOutcome::Applied, "{report:?}");
+    assert_eq!(report.miners_hashing, 20);
     running.stop().await;
     control.shut_down().await;
 }

@@ -41,6 +41,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long after applying a plan the executor waits for a sample to read the meter from.
 const FRESH_SAMPLE_WITHIN: Duration = Duration::from_secs(10);
+/// How long a plan's report is posted again after it was made, even past the plan's interval:
+/// a wake's waves and ramps take minutes, so applying a plan made late in its interval ends
+/// after it, and what was done is still the record the operator reads.
+const REPORT_AFTER_INTERVAL_MS: i64 = 10 * 60 * 1000;
 
 /// Where a directive is at a wall-clock instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,7 +658,7 @@ fn pending_plan(desired: &DesiredState, applied: Option<&str>) -> Option<PlanDir
 }
 
 /// Posts `report` of plan `p` until the control plane takes it, says it does not know the
-/// plan, or the plan's interval is over.
+/// plan, or both the plan's interval and `REPORT_AFTER_INTERVAL_MS` from the report are over.
 async fn post_report(
     client: ControlClient,
     mut token: watch::Receiver<Option<String>>,
@@ -663,7 +667,10 @@ async fn post_report(
     shutdown: CancellationToken,
 ) {
     let mut backoff = FIRST_BACKOFF;
-    while now_ms() < p.ends_at_ms {
+    let until_ms = p
+        .ends_at_ms
+        .max(report.at_ms.saturating_add(REPORT_AFTER_INTERVAL_MS));
+    while now_ms() < until_ms {
         let current = tokio::select! {
             _ = shutdown.cancelled() => return,
             t = token.wait_for(Option::is_some) => match t {
