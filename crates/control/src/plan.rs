@@ -2,14 +2,19 @@
 //! called, the replica rows to add and delete out. No I/O, no clock, so it is tested with
 //! plain values like the scheduler itself.
 //!
-//! Beyond `wattmesh_domain::place`, one rule lives here: a replica on a site that stopped
-//! heartbeating is kept (shown `lost`) while its deployment is short of replicas elsewhere,
-//! so when the site comes back its still-running replica is reused instead of churned. Once
-//! the deployment is whole again without it, it is deleted.
+//! Beyond `wattmesh_domain::place`, two rules live here. A replica on a site that stopped
+//! heartbeating, or on a node its site's power plan parks, is kept (shown `lost` in the first
+//! case) while its deployment is short of replicas elsewhere, so when the site comes back its
+//! still-running replica is reused instead of churned, and a plan never takes the last replicas
+//! of a model offline. Once the deployment is whole again without it, it is deleted. And the
+//! nodes a plan parks are the last ones of their site by name: the plan says how many of the
+//! site's GPU nodes are on ([`wattmesh_domain::fleet::nodes_powered`]), not which.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use wattmesh_domain::fleet::nodes_powered;
 use wattmesh_domain::{DeploymentDemand, FleetView, NodeView, Placement, place};
+use wattmesh_proto::plan::PlanDirective;
 use wattmesh_store::{DeploymentRecord, NodeRecord, ReplicaRecord};
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -22,7 +27,37 @@ pub(crate) struct Plan {
     pub unschedulable: BTreeMap<String, u32>,
 }
 
-pub(crate) fn fleet_view(nodes: &[NodeRecord], ready_sites: &BTreeSet<String>) -> FleetView {
+/// The nodes the power plans in force (by site) have off: of each site whose plan plans its
+/// GPUs, those after the first [`nodes_powered`] by name. A plan without GPU groups (a power
+/// model of miners only) parks nothing.
+pub(crate) fn parked_nodes(
+    nodes: &[NodeRecord],
+    plans: &BTreeMap<String, PlanDirective>,
+) -> BTreeSet<String> {
+    let mut by_site: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in nodes {
+        by_site
+            .entry(n.site.as_str())
+            .or_default()
+            .push(n.name.as_str());
+    }
+    let mut parked = BTreeSet::new();
+    for (site, mut names) in by_site {
+        let Some(plan) = plans.get(site).filter(|p| !p.gpu_groups.is_empty()) else {
+            continue;
+        };
+        names.sort_unstable();
+        let on = nodes_powered(plan.gpu_groups.iter().map(|g| g.nodes_on), names.len());
+        parked.extend(names[on..].iter().map(|n| (*n).to_owned()));
+    }
+    parked
+}
+
+pub(crate) fn fleet_view(
+    nodes: &[NodeRecord],
+    ready_sites: &BTreeSet<String>,
+    parked: &BTreeSet<String>,
+) -> FleetView {
     FleetView {
         nodes: nodes
             .iter()
@@ -33,6 +68,7 @@ pub(crate) fn fleet_view(nodes: &[NodeRecord], ready_sites: &BTreeSet<String>) -
                 memory_bytes: n.memory_bytes,
                 power_price_usd_per_mwh: n.power_price_usd_per_mwh,
                 ready: ready_sites.contains(&n.site),
+                parked: parked.contains(&n.name),
             })
             .collect(),
     }
@@ -41,10 +77,11 @@ pub(crate) fn fleet_view(nodes: &[NodeRecord], ready_sites: &BTreeSet<String>) -
 pub(crate) fn plan(
     nodes: &[NodeRecord],
     ready_sites: &BTreeSet<String>,
+    parked: &BTreeSet<String>,
     deployments: &[DeploymentRecord],
     replicas: &[ReplicaRecord],
 ) -> Plan {
-    let fleet = fleet_view(nodes, ready_sites);
+    let fleet = fleet_view(nodes, ready_sites, parked);
     let demands: Vec<DeploymentDemand> = deployments
         .iter()
         .map(|d| DeploymentDemand {
@@ -78,14 +115,14 @@ pub(crate) fn plan(
         if wanted.contains(p) {
             continue;
         }
-        let node_ready = fleet.node(&r.node).is_some_and(|n| n.ready);
+        let node_usable = fleet.node(&r.node).is_some_and(NodeView::usable);
         let short = schedule
             .unschedulable
             .get(&r.deployment)
             .copied()
             .unwrap_or(0);
         let kept = lost_kept.entry(r.deployment.as_str()).or_default();
-        if !node_ready && *kept < short {
+        if !node_usable && *kept < short {
             *kept += 1;
         } else {
             remove.push(r.id.clone());
@@ -152,7 +189,13 @@ mod tests {
     #[test]
     fn new_deployment_gets_replicas_in_two_regions() {
         let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
-        let p = plan(&nodes, &ready(&["sa", "sb"]), &[deployment(2)], &[]);
+        let p = plan(
+            &nodes,
+            &ready(&["sa", "sb"]),
+            &BTreeSet::new(),
+            &[deployment(2)],
+            &[],
+        );
         assert_eq!(placed(&p), vec!["a", "b"]);
         assert!(p.remove.is_empty() && p.unschedulable.is_empty());
     }
@@ -160,7 +203,13 @@ mod tests {
     #[test]
     fn nodes_of_sites_that_never_heartbeated_get_nothing() {
         let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
-        let p = plan(&nodes, &ready(&["sa"]), &[deployment(2)], &[]);
+        let p = plan(
+            &nodes,
+            &ready(&["sa"]),
+            &BTreeSet::new(),
+            &[deployment(2)],
+            &[],
+        );
         assert_eq!(placed(&p), vec!["a"]);
         assert_eq!(p.unschedulable.get("chat"), Some(&1));
     }
@@ -169,7 +218,13 @@ mod tests {
     fn a_lost_replica_is_kept_while_the_deployment_is_short_and_dropped_once_whole() {
         let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
         let current = [replica("ra", "a", "sa"), replica("rb", "b", "sb")];
-        let p = plan(&nodes, &ready(&["sa"]), &[deployment(2)], &current);
+        let p = plan(
+            &nodes,
+            &ready(&["sa"]),
+            &BTreeSet::new(),
+            &[deployment(2)],
+            &current,
+        );
         assert_eq!(
             p,
             Plan {
@@ -183,16 +238,83 @@ mod tests {
             node("b", "sb", "r2"),
             node("c", "sc", "r3"),
         ];
-        let p = plan(&with_c, &ready(&["sa", "sc"]), &[deployment(2)], &current);
+        let p = plan(
+            &with_c,
+            &ready(&["sa", "sc"]),
+            &BTreeSet::new(),
+            &[deployment(2)],
+            &current,
+        );
         assert_eq!(placed(&p), vec!["c"]);
         assert_eq!(p.remove, vec!["rb".to_owned()]);
+    }
+
+    fn directive(nodes_on: &[f64]) -> PlanDirective {
+        PlanDirective {
+            plan_id: "p".into(),
+            starts_at_ms: 0,
+            ends_at_ms: 900_000,
+            asic_groups: vec![],
+            gpu_groups: nodes_on
+                .iter()
+                .map(|&on| wattmesh_proto::plan::GpuTarget {
+                    name: "h100".into(),
+                    nodes: 2,
+                    nodes_on: on,
+                    kw: on * 5.0,
+                    node_max_kw: 5.0,
+                })
+                .collect(),
+            expected_meter_kw: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_plan_parks_its_sites_last_nodes_by_name_and_a_plan_of_miners_parks_none() {
+        let nodes = [
+            node("a2", "sa", "r1"),
+            node("a1", "sa", "r1"),
+            node("a3", "sa", "r1"),
+            node("b1", "sb", "r2"),
+            node("c1", "sc", "r3"),
+        ];
+        let plans: BTreeMap<String, PlanDirective> = [
+            ("sa".to_owned(), directive(&[0.4, 0.5])),
+            ("sb".to_owned(), directive(&[0.0])),
+            ("sc".to_owned(), directive(&[])),
+        ]
+        .into();
+        let parked: Vec<String> = parked_nodes(&nodes, &plans).into_iter().collect();
+        assert_eq!(parked, vec!["a2", "a3", "b1"]);
+    }
+
+    #[test]
+    fn replicas_leave_parked_nodes_unless_nowhere_else_would_take_them() {
+        let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
+        let current = [replica("ra", "a", "sa")];
+        let both = ready(&["sa", "sb"]);
+        let parked: BTreeSet<String> = ["a".to_owned()].into();
+        let p = plan(&nodes, &both, &parked, &[deployment(1)], &current);
+        assert_eq!(placed(&p), vec!["b"]);
+        assert_eq!(p.remove, vec!["ra".to_owned()]);
+        // Every node parked: the running replica stays (the model stays up), reported short.
+        let all: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
+        let p = plan(&nodes, &both, &all, &[deployment(1)], &current);
+        assert!(p.add.is_empty() && p.remove.is_empty(), "{p:?}");
+        assert_eq!(p.unschedulable.get("chat"), Some(&1));
     }
 
     #[test]
     fn scaling_down_removes_replicas() {
         let nodes = [node("a", "sa", "r1"), node("b", "sb", "r2")];
         let current = [replica("ra", "a", "sa"), replica("rb", "b", "sb")];
-        let p = plan(&nodes, &ready(&["sa", "sb"]), &[deployment(1)], &current);
+        let p = plan(
+            &nodes,
+            &ready(&["sa", "sb"]),
+            &BTreeSet::new(),
+            &[deployment(1)],
+            &current,
+        );
         assert_eq!(p.remove, vec!["rb".to_owned()]);
         assert!(p.add.is_empty());
     }

@@ -13,7 +13,7 @@
 //! returns at once — that step read its change — so forty simultaneous DR creations wait for
 //! two steps, not forty in a row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,6 +48,8 @@ pub(crate) struct Published {
     pub desired: BTreeMap<String, DesiredState>,
     pub gateway: GatewayConfig,
     pub unschedulable: BTreeMap<String, u32>,
+    /// Nodes the power plans in force have off (see [`plan::parked_nodes`]).
+    pub parked: BTreeSet<String>,
 }
 
 impl Published {
@@ -201,8 +203,18 @@ impl Reconciler {
         let nodes = store.list_nodes().await?;
         let deployments = store.list_deployments().await?;
         let mut replicas = store.list_replicas().await?;
+        // Events start and end, and plans come into force, with time: the tick republishes.
+        let now_ms = crate::clock::now_ms();
+        let mut plans: BTreeMap<String, PlanDirective> = store
+            .current_power_plans(now_ms)
+            .await?
+            .into_iter()
+            .map(|p| (p.site, p.directive))
+            .collect();
+        // The plans' GPU nodes off take no replicas: replica scale follows the power plan.
+        let parked = plan::parked_nodes(&nodes, &plans);
 
-        let plan = plan::plan(&nodes, &ready, &deployments, &replicas);
+        let plan = plan::plan(&nodes, &ready, &parked, &deployments, &replicas);
         if !plan.add.is_empty() || !plan.remove.is_empty() {
             let add: Vec<NewReplica> = plan
                 .add
@@ -216,6 +228,7 @@ impl Reconciler {
             tracing::info!(
                 added = add.len(),
                 removed = plan.remove.len(),
+                parked_nodes = parked.len(),
                 "placement changed"
             );
             store.apply_placements(&add, &plan.remove).await?;
@@ -224,17 +237,8 @@ impl Reconciler {
 
         let sites = store.list_sites().await?;
         let by_site = views::assignments(&sites, &replicas);
-        // Events start and end with time: the tick republishes.
-        let now_ms = crate::clock::now_ms();
         let open_events = store.open_dr_events(now_ms).await?;
         let mut directives = views::dr_directives(&open_events);
-        // Plans come into force with time too.
-        let mut plans: BTreeMap<String, PlanDirective> = store
-            .current_power_plans(now_ms)
-            .await?
-            .into_iter()
-            .map(|p| (p.site, p.directive))
-            .collect();
         let mut gateway = views::gateway_config(&views::GatewayInputs {
             keys: &store.list_api_keys().await?,
             tenants: &store.list_tenants().await?,
@@ -258,9 +262,13 @@ impl Reconciler {
 
         let mut next = Published {
             unschedulable: plan.unschedulable,
+            parked,
             ..Published::default()
         };
-        let mut changed = self.published.borrow().unschedulable != next.unschedulable;
+        let mut changed = {
+            let published = self.published.borrow();
+            published.unschedulable != next.unschedulable || published.parked != next.parked
+        };
         for (site, assigned) in by_site {
             let scope = site_scope(&site);
             let content = (assigned, directives.remove(&site), plans.remove(&site));

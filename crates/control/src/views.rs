@@ -30,13 +30,14 @@ pub(crate) fn site(r: &SiteRecord, ready: bool, power: Option<PowerSample>) -> a
     }
 }
 
-pub(crate) fn node(r: &NodeRecord, ready: bool) -> api::Node {
+pub(crate) fn node(r: &NodeRecord, ready: bool, parked: &BTreeSet<String>) -> api::Node {
     api::Node {
         name: r.name.clone(),
         site: r.site.clone(),
         region: r.region.clone(),
         memory_bytes: r.memory_bytes,
         ready,
+        parked: parked.contains(&r.name),
     }
 }
 

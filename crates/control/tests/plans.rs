@@ -449,3 +449,110 @@ async fn a_sites_gpus_are_planned_for_the_demand_its_regions_gateways_reported()
     let revenue = interval["inference_revenue_usd"].as_f64().unwrap();
     assert!((revenue - served * 2.0 / 1e6).abs() < 1e-6, "{interval}");
 }
+
+/// The node each replica of deployment `chat` is on, and each node's status, from
+/// `GET /api/v1/status`.
+async fn placement(h: &Harness) -> (Vec<String>, Vec<(String, bool)>, u64) {
+    let (status, fleet) = h.admin(Method::GET, "/api/v1/status", None).await;
+    assert_eq!(status, StatusCode::OK, "{fleet}");
+    let mut on: Vec<String> = fleet["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["site"].as_str().unwrap().to_owned())
+        .collect();
+    on.sort();
+    let nodes = fleet["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_owned(),
+                n["parked"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let short = fleet["deployments"][0]["unschedulable"].as_u64().unwrap();
+    (on, nodes, short)
+}
+
+#[tokio::test]
+async fn replicas_follow_the_plan_off_the_gpu_nodes_it_switches_off() {
+    let h = harness().await;
+    // Two sites, one 8 GiB node each; `cheap` is preferred by the scheduler.
+    register(&h, "cheap", "20").await;
+    register(&h, "dear", "90").await;
+    for (uri, body) in [
+        (
+            "/api/v1/models",
+            r#"{"name":"smol","kind":"chat","artifact":"smol","memory_bytes":1}"#,
+        ),
+        (
+            "/api/v1/deployments",
+            r#"{"name":"chat","model":"smol","replicas":1}"#,
+        ),
+    ] {
+        let (status, resp) = h.admin(Method::POST, uri, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{uri}: {resp}");
+    }
+    let (on, nodes, _) = placement(&h).await;
+    assert_eq!(on, ["cheap"]);
+    assert!(nodes.iter().all(|(_, parked)| !parked), "{nodes:?}");
+
+    // `cheap`'s power model has its node as a GPU group and no inference demand: the plan
+    // switches the node off (its idle draw would only cost), and the replica moves to `dear`.
+    let gpu_model = |site: &str, interactive_tokens_per_s: f64| {
+        let mut m = model(site);
+        m["interconnect_kw"] = json!(200.0);
+        m["gpu_groups"] = json!([{"name": "h100", "nodes": 1, "idle_kw": 1.0, "max_kw": 10.0,
+            "tokens_per_s": 1000.0}]);
+        m["inference"] = json!({"interactive_usd_per_mtok": 5.0, "batch_usd_per_mtok": 1.0});
+        m["demand"] = json!({"interactive_tokens_per_s": interactive_tokens_per_s});
+        m
+    };
+    let (status, resp) = set_model(&h, "cheap", &gpu_model("cheap", 0.0)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let (status, plan) = plan_now(&h, "cheap").await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    assert_eq!(
+        plan["directive"]["gpu_groups"][0]["nodes_on"], 0.0,
+        "{plan}"
+    );
+    let (on, nodes, short) = placement(&h).await;
+    assert_eq!(on, ["dear"], "the replica left the parked node");
+    assert_eq!(
+        nodes,
+        [("cheap-n0".to_owned(), true), ("dear-n0".to_owned(), false)]
+    );
+    assert_eq!(short, 0);
+
+    // `dear` switched off too: nowhere else would take the replica, so it stays where it runs
+    // (a plan never takes a model offline), and the deployment shows it short.
+    let (status, resp) = set_model(&h, "dear", &gpu_model("dear", 0.0)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    plan_now(&h, "dear").await;
+    let (on, nodes, short) = placement(&h).await;
+    assert_eq!(on, ["dear"]);
+    assert!(nodes.iter().all(|(_, parked)| *parked), "{nodes:?}");
+    assert_eq!(short, 1);
+
+    // Demand at `cheap` again: its node is on, and the replica goes there (`dear`'s is off).
+    let (status, resp) = set_model(&h, "cheap", &gpu_model("cheap", 500.0)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let (_, plan) = plan_now(&h, "cheap").await;
+    assert!(
+        plan["directive"]["gpu_groups"][0]["nodes_on"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{plan}"
+    );
+    let (on, nodes, short) = placement(&h).await;
+    assert_eq!(on, ["cheap"]);
+    assert_eq!(
+        nodes,
+        [("cheap-n0".to_owned(), false), ("dear-n0".to_owned(), true)]
+    );
+    assert_eq!(short, 0);
+}

@@ -1,7 +1,8 @@
 //! Scheduler v1: places each deployment's replicas on nodes.
 //!
 //! Rules, in order of strength:
-//! 1. a replica lands only on a ready node with enough free memory;
+//! 1. a replica lands only on a usable node (ready, and on in its site's power plan) with
+//!    enough free memory;
 //! 2. never two replicas of one deployment on one node;
 //! 3. replicas already placed validly stay where they are (no churn on every reconcile);
 //! 4. new replicas go to the region the deployment uses least (two replicas → two regions
@@ -46,7 +47,7 @@ pub fn place(fleet: &FleetView, want: &[DeploymentDemand], current: &[Placement]
     let mut free: HashMap<&str, u64> = fleet
         .nodes
         .iter()
-        .filter(|n| n.ready)
+        .filter(|n| n.usable())
         .map(|n| (n.name.as_str(), n.memory_bytes))
         .collect();
 
@@ -89,7 +90,7 @@ pub fn place(fleet: &FleetView, want: &[DeploymentDemand], current: &[Placement]
             let best = fleet
                 .nodes
                 .iter()
-                .filter(|n| n.ready && !used.contains(n.name.as_str()))
+                .filter(|n| n.usable() && !used.contains(n.name.as_str()))
                 .filter(|n| {
                     free.get(n.name.as_str())
                         .is_some_and(|&m| m >= d.memory_bytes)
@@ -143,6 +144,7 @@ mod tests {
             memory_bytes: mem_gib * GIB,
             power_price_usd_per_mwh: Decimal::from(price),
             ready: true,
+            parked: false,
         }
     }
 
@@ -209,6 +211,25 @@ mod tests {
     }
 
     #[test]
+    fn a_node_its_plan_parks_is_left_like_a_lost_one() {
+        let mut fleet = FleetView {
+            nodes: vec![node("a", "r1", 8, 50), node("b", "r2", 8, 10)],
+        };
+        let on_b = vec![Placement {
+            deployment: "chat".into(),
+            node: "b".into(),
+        }];
+        fleet.nodes[1].parked = true;
+        let s = place(&fleet, &[demand("chat", 1, 1)], &on_b);
+        assert_eq!(nodes_of(&s, "chat"), vec!["a"], "moved off the parked node");
+        // Nowhere else to go: unschedulable, never placed on the parked node.
+        fleet.nodes[0].parked = true;
+        let s = place(&fleet, &[demand("chat", 1, 1)], &on_b);
+        assert!(nodes_of(&s, "chat").is_empty());
+        assert_eq!(s.unschedulable.get("chat"), Some(&1));
+    }
+
+    #[test]
     fn too_little_room_is_reported_not_overcommitted() {
         let fleet = FleetView {
             nodes: vec![node("a", "r1", 3, 1), node("b", "r2", 1, 1)],
@@ -239,15 +260,22 @@ mod tests {
 
     fn arb_fleet() -> impl Strategy<Value = FleetView> {
         prop::collection::vec(
-            (0u8..4, 0u64..6, 0i64..100, prop::bool::weighted(0.85)),
+            (
+                0u8..4,
+                0u64..6,
+                0i64..100,
+                prop::bool::weighted(0.85),
+                prop::bool::weighted(0.15),
+            ),
             0..8,
         )
         .prop_map(|nodes| FleetView {
             nodes: nodes
                 .into_iter()
                 .enumerate()
-                .map(|(i, (region, mem, price, ready))| NodeView {
+                .map(|(i, (region, mem, price, ready, parked))| NodeView {
                     ready,
+                    parked,
                     ..node(&format!("n{i}"), &format!("r{region}"), mem, price)
                 })
                 .collect(),
@@ -285,7 +313,7 @@ mod tests {
             for p in &s.placements {
                 prop_assert!(seen.insert((&p.deployment, &p.node)), "two replicas on one node");
                 let n = fleet.node(&p.node).expect("placed on a known node");
-                prop_assert!(n.ready, "placed on a node that is not ready");
+                prop_assert!(n.usable(), "placed on a node that is not ready or is parked");
                 let d = want.iter().find(|d| d.name == p.deployment).expect("wanted");
                 *used.entry(n.name.as_str()).or_default() += d.memory_bytes;
             }
@@ -313,7 +341,7 @@ mod tests {
         fn spreads_over_regions_when_it_can(fleet in arb_fleet(), mem in 0u64..2) {
             let s = place(&fleet, &[demand("d", 2, mem)], &[]);
             let fits: HashSet<&str> = fleet.nodes.iter()
-                .filter(|n| n.ready && n.memory_bytes >= mem * GIB)
+                .filter(|n| n.usable() && n.memory_bytes >= mem * GIB)
                 .map(|n| n.region.as_str()).collect();
             let regions: HashSet<String> = nodes_of(&s, "d").iter()
                 .map(|n| fleet.node(n).unwrap().region.clone()).collect();

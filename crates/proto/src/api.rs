@@ -59,6 +59,9 @@ pub struct Node {
     pub region: String,
     pub memory_bytes: u64,
     pub ready: bool,
+    /// The site's power plan for this interval has the node off: no replica is placed here,
+    /// and those that ran here move to nodes that are on (unless nowhere else takes them).
+    pub parked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

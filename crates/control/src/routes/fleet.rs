@@ -103,18 +103,20 @@ pub(crate) async fn create_node(
     let node = s.store.create_node(&spec).await?;
     s.reconciler.nudge().await;
     let ready = s.reconciler.liveness.is_ready(&node.site);
-    Ok((StatusCode::CREATED, Json(views::node(&node, ready))))
+    let parked = &s.reconciler.current().parked;
+    Ok((StatusCode::CREATED, Json(views::node(&node, ready, parked))))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "fleet",
     responses((status = 200, body = Vec<Node>)))]
 pub(crate) async fn list_nodes(State(s): State<AppState>) -> Result<JsonList<Node>, ControlError> {
     let live = &s.reconciler.liveness;
+    let published = s.reconciler.current();
     let nodes = s.store.list_nodes().await?;
     Ok(Json(
         nodes
             .iter()
-            .map(|n| views::node(n, live.is_ready(&n.site)))
+            .map(|n| views::node(n, live.is_ready(&n.site), &published.parked))
             .collect(),
     ))
 }

@@ -135,7 +135,7 @@ pub(crate) async fn status(State(s): State<AppState>) -> Result<Json<FleetStatus
         sites: super::site_views(&s, &sites).await?,
         nodes: nodes
             .iter()
-            .map(|n| views::node(n, live.is_ready(&n.site)))
+            .map(|n| views::node(n, live.is_ready(&n.site), &published.parked))
             .collect(),
         deployments: deployments
             .iter()

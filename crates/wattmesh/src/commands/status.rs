@@ -64,7 +64,11 @@ pub fn render(status: &FleetStatus) -> String {
             n.name.clone(),
             n.site.clone(),
             n.region.clone(),
-            ready(n.ready),
+            match (ready(n.ready), n.parked) {
+                // As `kubectl get nodes` shows a cordoned node: Ready,SchedulingDisabled.
+                (status, true) => format!("{status},Parked"),
+                (status, false) => status,
+            },
             format!("{:.1} GiB", n.memory_bytes as f64 / (1u64 << 30) as f64),
         ]);
     }
