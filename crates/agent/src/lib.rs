@@ -9,9 +9,9 @@
 //! - `replicas`: the converger, the one task that owns the replicas.
 //! - [`runtime`]: how one replica is started (embedded candle engine today; a
 //!   [`ReplicaLauncher`] of your own in tests).
-//! - `power`: the site's meter and miners ([`PowerConfig`]): the sampler, whose newest
-//!   sample every heartbeat carries, and the DR executor, the one task that owns the miners'
-//!   curtailment.
+//! - `power`: the site's meter and miners ([`PowerConfig`]): the sampler, whose samples the
+//!   heartbeats carry until the control plane took them (the backlog), and the DR executor,
+//!   the one task that owns the miners' curtailment.
 //! - here: [`run`], the session with the control plane (register, heartbeat, watch), and the
 //!   wiring of the tasks above.
 //!
@@ -36,7 +36,6 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wattmesh_proto::agent::{DesiredState, Heartbeat, NodeReport, RegisterRequest};
-use wattmesh_proto::energy::PowerSample;
 
 pub use catalog::{Catalog, CatalogError, CatalogFile, CatalogModel, Source};
 pub use fetch::{FetchError, PullProgress, Quiet, pull};
@@ -45,6 +44,7 @@ pub use runtime::{LaunchError, Launched, ReplicaLauncher, Runtime, Serving};
 pub use wattmesh_miner::fleet::FleetOptions;
 
 use client::{CallError, ControlClient};
+use power::backlog::Backlog;
 use power::dr::{self, DrExecutor};
 use power::sample::Sampler;
 use replicas::{Converger, Observed, SiteRuntime};
@@ -142,8 +142,9 @@ pub async fn run_with<L: ReplicaLauncher>(
     let power = match &config.power {
         Some(power) => {
             let (samples_tx, samples_rx) = watch::channel(None);
+            let backlog = Arc::new(Backlog::default());
             let sampler = Sampler::new(&config.site, power);
-            tasks.spawn(sampler.run(samples_tx, background.clone()));
+            tasks.spawn(sampler.run(samples_tx, backlog.clone(), background.clone()));
             let executor = DrExecutor::new(
                 &config.site,
                 power,
@@ -154,7 +155,7 @@ pub async fn run_with<L: ReplicaLauncher>(
                 background.clone(),
             );
             tasks.spawn(executor.run(desired_tx.subscribe()));
-            Some(samples_rx)
+            Some(backlog)
         }
         None => {
             let site = config.site.clone();
@@ -213,8 +214,8 @@ struct Session {
     state: StateDir,
     desired: watch::Sender<DesiredState>,
     observed: watch::Receiver<Observed>,
-    /// The sampler's newest sample, when the site has a meter or miners.
-    power: Option<watch::Receiver<Option<PowerSample>>>,
+    /// The samples the control plane has not taken yet, when the site has a meter or miners.
+    power: Option<Arc<Backlog>>,
     /// The agent token in use, for the DR executor's calls; `None` while there is none.
     token: watch::Sender<Option<String>>,
 }
@@ -326,14 +327,15 @@ impl Session {
         let mut observed = self.observed.clone();
         let mut reachable = true;
         loop {
+            let samples = self.power.as_ref().map(|b| b.batch()).unwrap_or_default();
             let hb = {
                 let now = observed.borrow_and_update();
                 Heartbeat {
                     nodes: vec![self.node()],
                     replicas: now.replicas.clone(),
                     desired_version: now.converged_version,
-                    // The newest sample; a repeated one is ignored by the control plane.
-                    power: self.power.as_ref().and_then(|p| p.borrow().clone()),
+                    power: samples.newest.clone(),
+                    earlier_power: samples.earlier.clone(),
                 }
             };
             let result = tokio::select! {
@@ -342,6 +344,9 @@ impl Session {
             };
             match result {
                 Ok(ack) => {
+                    if let Some(backlog) = &self.power {
+                        backlog.taken(&samples);
+                    }
                     if !reachable {
                         tracing::info!(site = %site, "the control plane is reachable again");
                         reachable = true;

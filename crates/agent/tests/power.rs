@@ -65,6 +65,8 @@ struct Recorded {
     reports_refused: usize,
     /// Answer plan reports 503, as a control plane restarting does.
     refuse_reports: bool,
+    /// Answer heartbeats 503.
+    refuse_heartbeats: bool,
 }
 
 #[derive(Clone)]
@@ -190,7 +192,11 @@ async fn heartbeat(
         return unauthorized();
     }
     let mut r = fake.recorded.lock().unwrap();
+    if r.refuse_heartbeats {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     r.converged = hb.desired_version;
+    r.samples.extend(hb.earlier_power);
     if let Some(sample) = hb.power {
         r.samples.push(sample);
     }
@@ -794,6 +800,44 @@ async fn a_plan_sleeps_some_miners_sets_the_others_to_its_target_and_reports_it(
     })
     .await;
 
+    running.stop().await;
+    control.shut_down().await;
+}
+
+#[tokio::test]
+async fn samples_taken_while_the_control_plane_is_away_reach_it_when_it_is_back() {
+    let (_site, control, _agent, running) = start_all(None).await;
+    control.fake.recorded.lock().unwrap().refuse_heartbeats = true;
+    let away_from = now_ms();
+    // Sampled every 100 ms: about 15 samples while every heartbeat is refused.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let away_until = now_ms();
+    control.fake.recorded.lock().unwrap().refuse_heartbeats = false;
+    let instants = eventually("a sample taken after the outage", || {
+        control.recorded(|r| {
+            let mut at: Vec<i64> = r.samples.iter().map(|s| s.at_ms).collect();
+            at.sort_unstable();
+            at.dedup();
+            at.last()
+                .is_some_and(|&last| last > away_until)
+                .then_some(at)
+        })
+    })
+    .await;
+    let during: Vec<i64> = instants
+        .iter()
+        .copied()
+        .filter(|&at| away_from <= at && at <= away_until)
+        .collect();
+    assert!(during.len() >= 10, "{during:?}");
+    // No hole in the series: every round's sample came, late.
+    let widest = instants
+        .windows(2)
+        .filter(|w| w[1] >= away_from && w[0] <= away_until)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap();
+    assert!(widest < 1_000, "a gap of {widest} ms in {instants:?}");
     running.stop().await;
     control.shut_down().await;
 }

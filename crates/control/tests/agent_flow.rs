@@ -112,6 +112,7 @@ async fn start_agent(
                 replicas: reports.lock().unwrap().clone(),
                 desired_version: 0,
                 power: None,
+                earlier_power: Vec::new(),
             };
             let _: serde_json::Value = api
                 .post(

@@ -441,3 +441,79 @@ async fn a_percentage_needs_a_meter_reading() {
     assert_eq!(event["shed_inference"], true);
     assert_eq!(event["baseline_kw"], Value::Null);
 }
+
+#[tokio::test]
+async fn a_heartbeat_brings_the_samples_the_control_plane_missed_and_a_flood_is_refused() {
+    let h = harness().await;
+    let token = register(&h, "georgia").await;
+    let sample = |at_ms: i64, kw: f64| {
+        json!({"at_ms": at_ms, "meter_kw": kw, "meter_kwh": 1000.0,
+            "miners": {"total": 3, "hashing": 3, "asleep": 0, "unreachable": 0, "kw": kw, "ths": 600.0}})
+    };
+    let now = now_ms();
+    let post = |earlier: Vec<Value>| {
+        let body = json!({
+            "nodes": [{"name": "georgia-n0", "memory_bytes": 8u64 << 30}],
+            "replicas": [], "desired_version": 0,
+            "power": sample(now, 400.0), "earlier_power": earlier,
+        });
+        let (h, token) = (&h, &token);
+        async move {
+            call(
+                &h.control,
+                Method::POST,
+                "/api/v1/agent/heartbeat",
+                Some(token),
+                Some(&body.to_string()),
+            )
+            .await
+        }
+    };
+    // More than one heartbeat may carry: refused whole, nothing stored.
+    let flood: Vec<Value> = (1..=301).map(|i| sample(now - i * 10, 1.0)).collect();
+    let (status, resp) = post(flood).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("earlier_power"),
+        "{resp}"
+    );
+    let (_, site) = h.admin(Method::GET, "/api/v1/sites/georgia", None).await;
+    assert_eq!(site["power"], Value::Null, "{site}");
+
+    // A sample whose draw is not a number: the body is refused, nothing stored.
+    let mut broken = sample(now - 10_000, 0.0);
+    broken["miners"]["kw"] = json!("NaN");
+    let (status, resp) = post(vec![sample(now - 30_000, 100.0), broken]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    let (_, site) = h.admin(Method::GET, "/api/v1/sites/georgia", None).await;
+    assert_eq!(site["power"], Value::Null, "{site}");
+
+    // Two samples the control plane missed, then the newest.
+    let missed = vec![sample(now - 30_000, 100.0), sample(now - 20_000, 200.0)];
+    let (status, resp) = post(missed).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+
+    // The record of an event that starts now shows them, in order.
+    let (status, event) = create(
+        &h,
+        "georgia",
+        json!({"down_to_kw": 10, "duration_minutes": 5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{event}");
+    let id = event["id"].as_str().unwrap();
+    let (status, report) = h
+        .admin(Method::GET, &format!("/api/v1/dr-events/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let kws: Vec<f64> = report["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["meter_kw"].as_f64().unwrap())
+        .collect();
+    assert_eq!(kws, [100.0, 200.0, 400.0], "{report}");
+}

@@ -54,10 +54,18 @@ pub struct Heartbeat {
     pub replicas: Vec<ReplicaReport>,
     /// The desired-state version the agent has converged to.
     pub desired_version: u64,
-    /// The site's meter and miners, when the agent drives any.
+    /// The site's meter and miners, when the agent drives any: the newest sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<PowerSample>,
+    /// Samples taken before `power` that the control plane has not taken yet (it was away,
+    /// or heartbeats came slower than samples), oldest first; at most
+    /// [`MAX_EARLIER_POWER`] a heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_power: Vec<PowerSample>,
 }
+
+/// Most earlier samples one heartbeat carries: a backlog drains over several heartbeats.
+pub const MAX_EARLIER_POWER: usize = 300;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

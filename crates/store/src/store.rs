@@ -168,10 +168,23 @@ pub trait Store: Send + Sync + 'static {
     async fn record_heartbeat(&self, heartbeat: SiteHeartbeat<'_>) -> Result<bool, StoreError>;
 
     // --- energy: power samples and demand-response events ---
-    /// Stores one of the site's power samples; a second sample of the site at the same
-    /// `at_ms` is ignored (a retried heartbeat). `NotFound` for an unknown site.
-    async fn record_power_sample(&self, site: &str, sample: &PowerSample)
-    -> Result<(), StoreError>;
+    /// Stores the site's power samples, all or none; a second sample of the site at the same
+    /// `at_ms` is ignored (a retried heartbeat, a backlog sent again). `NotFound` for an
+    /// unknown site, `Invalid` when any sample is not finite.
+    async fn record_power_samples(
+        &self,
+        site: &str,
+        samples: &[PowerSample],
+    ) -> Result<(), StoreError>;
+    /// [`Store::record_power_samples`] of one sample.
+    async fn record_power_sample(
+        &self,
+        site: &str,
+        sample: &PowerSample,
+    ) -> Result<(), StoreError> {
+        self.record_power_samples(site, std::slice::from_ref(sample))
+            .await
+    }
     /// The site's samples with `from_ms <= at_ms < to_ms`, oldest first.
     async fn power_samples(
         &self,

@@ -122,6 +122,43 @@ async fn samples_round_trip_by_window_and_keep_the_first_of_an_instant() {
     );
 }
 
+#[tokio::test]
+async fn a_backlog_of_samples_is_stored_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    seed(&s).await;
+    s.record_power_sample("a", &sample(2000, 200.0))
+        .await
+        .unwrap();
+
+    // An agent's backlog after an outage: one already stored (a heartbeat retried), in order.
+    let backlog: Vec<PowerSample> = (1..=4).map(|i| sample(i * 1000, 1.0)).collect();
+    s.record_power_samples("a", &backlog).await.unwrap();
+    let stored = s.power_samples("a", 0, i64::MAX).await.unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|p| (p.at_ms, p.meter_kw))
+            .collect::<Vec<_>>(),
+        [
+            (1000, Some(1.0)),
+            (2000, Some(200.0)),
+            (3000, Some(1.0)),
+            (4000, Some(1.0))
+        ]
+    );
+
+    // One sample that is not a number: nothing of the batch is stored.
+    let broken = vec![sample(5000, 1.0), sample(6000, f64::NAN)];
+    let err = s.record_power_samples("a", &broken).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert_eq!(s.power_samples("a", 5000, i64::MAX).await.unwrap(), []);
+    // An unknown site, and an empty batch (a heartbeat with none).
+    let err = s.record_power_samples("zz", &backlog).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    s.record_power_samples("a", &[]).await.unwrap();
+}
+
 // === demand-response events ===
 
 #[tokio::test]

@@ -40,6 +40,7 @@ use wattmesh_miner::fleet::FleetOptions;
 #[cfg(doc)]
 use wattmesh_proto::energy::{DrDirective, PowerSample};
 
+pub(crate) mod backlog;
 pub(crate) mod dr;
 pub(crate) mod gpu;
 pub(crate) mod plan;

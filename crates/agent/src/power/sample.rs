@@ -1,5 +1,6 @@
-//! The sampler: reads the site meter and every miner's telemetry each `sample_every`, and
-//! publishes the newest [`PowerSample`] on a watch for the heartbeats.
+//! The sampler: reads the site meter and every miner's telemetry each `sample_every`, queues
+//! each [`PowerSample`] for the heartbeats ([`Backlog`]) and publishes the newest on a watch
+//! for the DR executor.
 //!
 //! A round never fails as a whole: a meter that does not answer is a sample with a
 //! `meter_error`, a miner that does not answer counts as `unreachable`. Every exchange is
@@ -7,6 +8,7 @@
 //! round takes about one timeout at worst, not one per dead miner.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -18,6 +20,7 @@ use wattmesh_miner::fleet::{self, FleetOptions, Telemetry};
 use wattmesh_miner::meter::MeterClient;
 use wattmesh_proto::energy::{MinerCounts, PowerSample};
 
+use super::backlog::Backlog;
 use super::{PowerConfig, now_ms};
 
 /// The shortest time between two rounds, whatever the configuration says: a zero would spin.
@@ -51,11 +54,13 @@ impl Sampler {
         }
     }
 
-    /// Samples every `sample_every` until `shutdown`, publishing each sample on `samples`. A
-    /// round that runs late delays the next rather than bunching them up.
+    /// Samples every `sample_every` until `shutdown`, queueing each sample on `backlog` and
+    /// publishing it on `samples`. A round that runs late delays the next rather than
+    /// bunching them up.
     pub async fn run(
         mut self,
         samples: watch::Sender<Option<PowerSample>>,
+        backlog: Arc<Backlog>,
         shutdown: CancellationToken,
     ) {
         tracing::info!(
@@ -90,6 +95,7 @@ impl Sampler {
                 }
                 _ => {}
             }
+            backlog.push(sample.clone());
             samples.send_replace(Some(sample));
         }
     }

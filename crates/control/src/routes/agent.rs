@@ -1,13 +1,16 @@
 //! The agent protocol (see `wattmesh_proto::agent`): register with the bootstrap token,
-//! heartbeat observed state (with the site's power sample), long-poll the site's desired
+//! heartbeat observed state (with the site's power samples: the newest, and any the control
+//! plane has not taken yet), long-poll the site's desired
 //! state. DR acknowledgements are in `energy`.
 
 use axum::Json;
 use axum::extract::State;
 use wattmesh_proto::agent::{
-    DesiredState, Heartbeat, HeartbeatAck, RegisterRequest, RegisterResponse, WatchQuery,
+    DesiredState, Heartbeat, HeartbeatAck, MAX_EARLIER_POWER, RegisterRequest, RegisterResponse,
+    WatchQuery,
 };
 use wattmesh_proto::api::ApiError;
+use wattmesh_proto::energy::PowerSample;
 use wattmesh_store::{AgentRegistration, SiteHeartbeat};
 
 use super::long_poll;
@@ -43,12 +46,19 @@ pub(crate) async fn register(
 
 #[utoipa::path(post, path = "/api/v1/agent/heartbeat", tag = "agent", request_body = Heartbeat,
     security(("agent_token" = [])),
-    responses((status = 200, body = HeartbeatAck), (status = 401, body = ApiError)))]
+    responses((status = 200, body = HeartbeatAck), (status = 400, body = ApiError),
+        (status = 401, body = ApiError)))]
 pub(crate) async fn heartbeat(
     State(s): State<AppState>,
     AgentSite(site): AgentSite,
     Body(hb): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ControlError> {
+    if hb.earlier_power.len() > MAX_EARLIER_POWER {
+        return Err(ControlError::BadRequest(format!(
+            "earlier_power: {} samples; at most {MAX_EARLIER_POWER} a heartbeat",
+            hb.earlier_power.len()
+        )));
+    }
     let changed = s
         .store
         .record_heartbeat(SiteHeartbeat {
@@ -57,12 +67,7 @@ pub(crate) async fn heartbeat(
             replicas: &hb.replicas,
         })
         .await?;
-    if let Some(sample) = &hb.power {
-        // A bad sample costs only itself: the heartbeat's replicas and liveness still count.
-        if let Err(e) = s.store.record_power_sample(&site, sample).await {
-            tracing::warn!(%site, error = %e, "power sample not stored");
-        }
-    }
+    record_samples(&s, &site, hb.earlier_power.iter().chain(&hb.power)).await;
     let was_ready = s.reconciler.liveness.beat(&site);
     let new_tokens = s.reconciler.note_tokens(&site, &hb.replicas);
     // A site coming back, or new observations, can change placement and routes now; an
@@ -72,6 +77,27 @@ pub(crate) async fn heartbeat(
     }
     let desired_version = s.reconciler.current().desired_for(&site).version;
     Ok(Json(HeartbeatAck { desired_version }))
+}
+
+/// Stores a heartbeat's samples in one write. A bad sample costs only itself: on a refusal
+/// each is stored alone, and the heartbeat's replicas and liveness count either way.
+async fn record_samples(s: &AppState, site: &str, samples: impl Iterator<Item = &PowerSample>) {
+    let samples: Vec<PowerSample> = samples.cloned().collect();
+    if samples.is_empty() {
+        return;
+    }
+    let Err(e) = s.store.record_power_samples(site, &samples).await else {
+        return;
+    };
+    if samples.len() == 1 {
+        tracing::warn!(%site, error = %e, "power sample not stored");
+        return;
+    }
+    for sample in &samples {
+        if let Err(e) = s.store.record_power_sample(site, sample).await {
+            tracing::warn!(%site, at_ms = sample.at_ms, error = %e, "power sample not stored");
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/agent/desired", tag = "agent",

@@ -174,37 +174,42 @@ async fn site_exists(conn: &mut SqliteConnection, site: &str) -> Result<bool, St
 
 // === power samples ===
 
-pub(super) async fn record_power_sample(
+pub(super) async fn record_power_samples(
     pool: &SqlitePool,
     site: &str,
-    sample: &PowerSample,
+    samples: &[PowerSample],
 ) -> Result<(), StoreError> {
-    check_sample(sample)?;
+    for sample in samples {
+        check_sample(sample)?;
+    }
     let mut tx = begin_write(pool).await?;
     // Checked first so an unknown site is `NotFound`, not a foreign-key failure; the key
     // stays the backstop.
     if !site_exists(&mut tx, site).await? {
         return Err(StoreError::not_found("site", site));
     }
-    // DO NOTHING: the first sample of an instant is kept, so a retried heartbeat is a no-op.
-    sqlx::query(
-        "INSERT INTO power_samples (site, at_ms, meter_kw, meter_kwh, meter_error, \
-         miners_total, miners_hashing, miners_asleep, miners_unreachable, miners_kw, miners_ths) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, at_ms) DO NOTHING",
-    )
-    .bind(site)
-    .bind(sample.at_ms)
-    .bind(sample.meter_kw)
-    .bind(sample.meter_kwh)
-    .bind(&sample.meter_error)
-    .bind(i64::from(sample.miners.total))
-    .bind(i64::from(sample.miners.hashing))
-    .bind(i64::from(sample.miners.asleep))
-    .bind(i64::from(sample.miners.unreachable))
-    .bind(sample.miners.kw)
-    .bind(sample.miners.ths)
-    .execute(&mut *tx)
-    .await?;
+    for sample in samples {
+        // DO NOTHING: the first sample of an instant is kept, so a retried heartbeat is a no-op.
+        sqlx::query(
+            "INSERT INTO power_samples (site, at_ms, meter_kw, meter_kwh, meter_error, \
+             miners_total, miners_hashing, miners_asleep, miners_unreachable, miners_kw, \
+             miners_ths) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (site, at_ms) DO NOTHING",
+        )
+        .bind(site)
+        .bind(sample.at_ms)
+        .bind(sample.meter_kw)
+        .bind(sample.meter_kwh)
+        .bind(&sample.meter_error)
+        .bind(i64::from(sample.miners.total))
+        .bind(i64::from(sample.miners.hashing))
+        .bind(i64::from(sample.miners.asleep))
+        .bind(i64::from(sample.miners.unreachable))
+        .bind(sample.miners.kw)
+        .bind(sample.miners.ths)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -312,12 +312,12 @@ impl Store for SqliteStore {
         fleet::record_heartbeat(&self.pool, heartbeat).await
     }
 
-    async fn record_power_sample(
+    async fn record_power_samples(
         &self,
         site: &str,
-        sample: &PowerSample,
+        samples: &[PowerSample],
     ) -> Result<(), StoreError> {
-        energy::record_power_sample(&self.pool, site, sample).await
+        energy::record_power_samples(&self.pool, site, samples).await
     }
     async fn power_samples(
         &self,
