@@ -57,6 +57,17 @@ impl Liveness {
             .collect()
     }
 
+    /// Forgets `name` now (a gateway process that said it leaves); returns whether it was
+    /// counted.
+    pub(crate) fn forget(&self, name: &str) -> bool {
+        let now = Instant::now();
+        let mut seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        seen.remove(name).is_some_and(|t| self.fresh(t, now))
+    }
+
     /// Forgets whoever went stale and counts the rest. For names that come and go (a
     /// gateway process's id is new at each start), so the map does not grow forever; for
     /// sites nothing changes either, since a name not seen reads as not ready.

@@ -37,7 +37,7 @@ use crate::routes;
         routes::set_power_model, routes::get_power_model, routes::import_prices, routes::get_prices, routes::plan_now, routes::list_plans,
         routes::plan_report,
         routes::register, routes::heartbeat, routes::desired, routes::dr_acks,
-        routes::gateway_config, routes::lease, routes::ingest_usage,
+        routes::gateway_config, routes::leave_gateway, routes::lease, routes::ingest_usage,
     ),
     components(schemas(
         api::Region, api::SiteSpec, api::Site, api::NodeSpec, api::Node, api::Model,

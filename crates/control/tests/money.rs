@@ -11,8 +11,9 @@ use common::{Harness, call, harness};
 use serde_json::{Value, json};
 
 /// The routes a gateway token is good for; every other route refuses it.
-const GATEWAY_ROUTES: [(&str, &str); 3] = [
+const GATEWAY_ROUTES: [(&str, &str); 4] = [
     ("get", "/api/v1/gateway/config"),
+    ("delete", "/api/v1/gateway/instances/{instance}"),
     ("post", "/api/v1/gateway/leases"),
     ("post", "/api/v1/usage/batches"),
 ];
@@ -72,7 +73,10 @@ async fn the_gateway_token_is_refused_everywhere_but_its_own_routes() {
     let (_, doc) = call(&h.control, Method::GET, "/api/openapi.json", None, None).await;
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
-        let uri = path.replace("{name}", "acme").replace("{id}", "key-x");
+        let uri = path
+            .replace("{name}", "acme")
+            .replace("{id}", "key-x")
+            .replace("{instance}", "gw-x");
         for method in item.as_object().unwrap().keys() {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let own = GATEWAY_ROUTES.contains(&(method.as_str(), path.as_str()));
@@ -157,6 +161,37 @@ async fn the_config_counts_the_live_gateway_processes_that_share_every_limit() {
     let (status, config) = h.gateway(Method::GET, "/api/v1/gateway/config", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(config["gateways"], 4);
+
+    // A process shutting down leaves at once; leaving twice, or as another gateway, is a
+    // no-op; a broken id is refused.
+    let leave = |token: String, instance: &'static str| {
+        let control = &h.control;
+        async move {
+            let uri = format!("/api/v1/gateway/instances/{instance}");
+            call(control, Method::DELETE, &uri, Some(&token), None).await
+        }
+    };
+    assert_eq!(leave(second.clone(), "b").await.0, StatusCode::NO_CONTENT);
+    let (_, config) = h.gateway(Method::GET, "/api/v1/gateway/config", None).await;
+    assert_eq!(config["gateways"], 4, "gw-2 has no process b");
+    assert_eq!(
+        leave(h.gateway.clone(), "b").await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        leave(h.gateway.clone(), "b").await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, config) = h.gateway(Method::GET, "/api/v1/gateway/config", None).await;
+    assert_eq!(config["gateways"], 3);
+    let (status, resp) = leave(h.gateway.clone(), "%01").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    let (status, _) = leave(h.admin.clone(), "a").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "operators are not gateways"
+    );
 }
 
 /// (what, method, uri, body, expected status)

@@ -359,13 +359,22 @@ async fn fake_health(State(app): State<ReplicaApp>) -> StatusCode {
 pub struct FakeControl {
     pub url: String,
     config: Arc<tokio::sync::watch::Sender<GatewayConfig>>,
+    processes: Arc<std::sync::Mutex<Processes>>,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// The gateway processes that polled (by their `instance`), and those that said they left.
+#[derive(Debug, Default, Clone)]
+pub struct Processes {
+    pub polled: Vec<String>,
+    pub left: Vec<String>,
 }
 
 #[derive(Clone)]
 struct ControlApp {
     config: Arc<tokio::sync::watch::Sender<GatewayConfig>>,
+    processes: Arc<std::sync::Mutex<Processes>>,
     stop: CancellationToken,
 }
 
@@ -373,6 +382,7 @@ struct ControlApp {
 struct WatchQuery {
     after: Option<u64>,
     wait_s: Option<u64>,
+    instance: Option<String>,
 }
 
 impl FakeControl {
@@ -380,12 +390,18 @@ impl FakeControl {
         let (tx, _) = tokio::sync::watch::channel(config);
         let config = Arc::new(tx);
         let stop = CancellationToken::new();
+        let processes = Arc::default();
         let app = ControlApp {
             config: config.clone(),
+            processes: Arc::clone(&processes),
             stop: stop.clone(),
         };
         let router = Router::new()
             .route("/api/v1/gateway/config", get(fake_config))
+            .route(
+                "/api/v1/gateway/instances/{instance}",
+                axum::routing::delete(fake_leave),
+            )
             .with_state(app);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -401,9 +417,17 @@ impl FakeControl {
         Self {
             url,
             config,
+            processes,
             stop,
             server,
         }
+    }
+
+    pub fn processes(&self) -> Processes {
+        self.processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set(&self, config: GatewayConfig) {
@@ -419,18 +443,44 @@ impl FakeControl {
     }
 }
 
+fn control_token_ok(headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {CONTROL_TOKEN}");
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(&expected)
+}
+
+async fn fake_leave(
+    State(app): State<ControlApp>,
+    headers: HeaderMap,
+    axum::extract::Path(instance): axum::extract::Path<String>,
+) -> StatusCode {
+    if !control_token_ok(&headers) {
+        return StatusCode::UNAUTHORIZED;
+    }
+    app.processes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .left
+        .push(instance);
+    StatusCode::NO_CONTENT
+}
+
 async fn fake_config(
     State(app): State<ControlApp>,
     headers: HeaderMap,
     Query(q): Query<WatchQuery>,
 ) -> Response {
-    let expected = format!("Bearer {CONTROL_TOKEN}");
-    if headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(&expected)
-    {
+    if !control_token_ok(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if let Some(instance) = q.instance {
+        app.processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .polled
+            .push(instance);
     }
     let mut rx = app.config.subscribe();
     if let Some(after) = q.after {

@@ -1,8 +1,11 @@
 //! Watches the control plane's gateway config by long-polling
 //! `GET /api/v1/gateway/config?after=V&wait_s=25&instance=I` and publishes each new version to
 //! the request handlers. `I` is new at every start: the control plane counts the live
-//! processes, whose number divides every rate limit among them. On any failure it keeps the last config and retries with capped backoff, so
-//! customers are served while the control plane is away (static stability).
+//! processes, whose number divides every rate limit among them, and a process shutting down
+//! says it leaves (`DELETE /api/v1/gateway/instances/I`), so the others' shares grow back at
+//! once rather than when its polls go stale. On any failure it keeps the last config and
+//! retries with capped backoff, so customers are served while the control plane is away
+//! (static stability).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,6 +19,8 @@ use crate::GatewayState;
 const WAIT_S: u64 = 25;
 /// Beyond the long poll itself, how long an answer may take before the poll counts as failed.
 const POLL_SLACK: Duration = Duration::from_secs(10);
+/// How long a process shutting down waits for the control plane to hear it leave.
+const LEAVE_WITHIN: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -82,7 +87,7 @@ pub async fn watch_control(
                 .await
         };
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return leave(&state, &base, &token, &instance).await,
             r = fetch => r,
         };
         match result {
@@ -102,11 +107,28 @@ pub async fn watch_control(
                     tracing::warn!("control plane unreachable, serving the last config: {e}");
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return leave(&state, &base, &token, &instance).await,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// Tells the control plane this process no longer shares the limits; a control plane that
+/// does not hear it counts the process out when its polls go stale.
+async fn leave(state: &GatewayState, base: &str, token: &str, instance: &str) {
+    let sent = state
+        .http
+        .delete(format!("{base}/api/v1/gateway/instances/{instance}"))
+        .bearer_auth(token)
+        .timeout(LEAVE_WITHIN)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status);
+    match sent {
+        Ok(_) => tracing::info!("left the control plane's count of gateway processes"),
+        Err(e) => tracing::warn!("could not tell the control plane this gateway leaves: {e}"),
     }
 }

@@ -4,7 +4,8 @@
 //! by event id.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use wattmesh_domain::pricing::{lease_grant, price_at};
 use wattmesh_proto::agent::WatchQuery;
 use wattmesh_proto::api::{ApiError, BillingPlan};
@@ -29,12 +30,7 @@ pub(crate) async fn gateway_config(
     GatewayCaller(gateway): GatewayCaller,
     Query(query): Query<GatewayWatchQuery>,
 ) -> Result<Json<GatewayConfig>, ControlError> {
-    let instance = query.instance.as_deref().unwrap_or_default();
-    if instance.len() > MAX_FIELD || instance.chars().any(char::is_control) {
-        return Err(ControlError::BadRequest(format!(
-            "instance must be at most {MAX_FIELD} bytes of printable text"
-        )));
-    }
+    let instance = checked_instance(query.instance.as_deref().unwrap_or_default())?;
     // A gateway that was not counted changes every gateway's share of the limits: the config
     // it gets, and the one the others are waiting on, carry the new count.
     if !s.reconciler.gateways.beat(&format!("{gateway}/{instance}")) {
@@ -49,6 +45,39 @@ pub(crate) async fn gateway_config(
         gateway,
         ..published.gateway.clone()
     }))
+}
+
+/// A gateway process's id as the config poll names it: printable, and short.
+fn checked_instance(instance: &str) -> Result<&str, ControlError> {
+    if instance.len() > MAX_FIELD || instance.chars().any(char::is_control) {
+        return Err(ControlError::BadRequest(format!(
+            "instance must be at most {MAX_FIELD} bytes of printable text"
+        )));
+    }
+    Ok(instance)
+}
+
+/// A gateway process shutting down stops being counted now, not when its polls go stale:
+/// the others' shares of every limit grow back at once.
+#[utoipa::path(delete, path = "/api/v1/gateway/instances/{instance}", tag = "gateway",
+    params(("instance" = String, Path, description = "The process's id, as its config polls name it")),
+    responses((status = 204, description = "No longer counted (also when it was not)"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError)),
+    security(("gateway_token" = [])))]
+pub(crate) async fn leave_gateway(
+    State(s): State<AppState>,
+    GatewayCaller(gateway): GatewayCaller,
+    Path(instance): Path<String>,
+) -> Result<StatusCode, ControlError> {
+    let instance = checked_instance(&instance)?;
+    if s.reconciler
+        .gateways
+        .forget(&format!("{gateway}/{instance}"))
+    {
+        tracing::info!(%gateway, %instance, "gateway process left");
+        s.reconciler.nudge().await;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/gateway/leases", tag = "gateway", request_body = LeaseRequest,

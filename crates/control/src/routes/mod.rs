@@ -113,6 +113,7 @@ pub(crate) fn router(state: AppState) -> Router {
     // Each of these authenticates its gateway itself (`GatewayCaller`).
     let gateways = Router::new()
         .route(&v1("/gateway/config"), get(gateway_config))
+        .route(&v1("/gateway/instances/{instance}"), delete(leave_gateway))
         .route(&v1("/gateway/leases"), post(lease))
         .route(&v1("/usage/batches"), post(ingest_usage));
     // Customers' own usage and costs, with their API key (passed through by the gateway).

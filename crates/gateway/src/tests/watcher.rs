@@ -123,6 +123,25 @@ async fn follows_the_control_plane_and_survives_losing_it() {
 }
 
 #[tokio::test]
+async fn a_gateway_shutting_down_tells_the_control_plane_it_leaves() {
+    let r1 = FakeReplica::start("r1").await;
+    let m1 = route("m1", ModelKind::Chat, vec![r1.route_replica()]);
+    let control = FakeControl::start(config(1, vec![m1])).await;
+    let gw = start(control.url.clone()).await;
+    eventually("first config", || async { gw.models().await }).await;
+    let polled = control.processes().polled;
+    assert!(
+        !polled.is_empty() && polled.iter().all(|i| *i == polled[0]),
+        "{polled:?}"
+    );
+    assert!(control.processes().left.is_empty());
+    gw.stop().await;
+    // The process's own id, once: the others' shares of the limits grow back now.
+    assert_eq!(control.processes().left, [polled[0].clone()]);
+    control.stop().await;
+}
+
+#[tokio::test]
 async fn without_any_config_requests_get_503() {
     let gw = start(dead_endpoint().await).await;
     let health = eventually("gateway up", || async {
