@@ -6,7 +6,9 @@
 //! heartbeating, or on a node its site's power plan parks, is kept (shown `lost` in the first
 //! case) while its deployment is short of replicas elsewhere, so when the site comes back its
 //! still-running replica is reused instead of churned, and a plan never takes the last replicas
-//! of a model offline. Once the deployment is whole again without it, it is deleted. And the
+//! of a model offline. Once the deployment is whole again without it, it is deleted — for a
+//! parked node of a live site, once its replacements are *ready* (make before break: the
+//! replica serves until then). And the
 //! nodes a plan parks are the last ones of their site by name: the plan says how many of the
 //! site's GPU nodes are on ([`wattmesh_domain::fleet::nodes_powered`]), not which.
 
@@ -14,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use wattmesh_domain::fleet::nodes_powered;
 use wattmesh_domain::{DeploymentDemand, FleetView, NodeView, Placement, place};
+use wattmesh_proto::api::ReplicaState;
 use wattmesh_proto::plan::PlanDirective;
 use wattmesh_store::{DeploymentRecord, NodeRecord, ReplicaRecord};
 
@@ -108,6 +111,18 @@ pub(crate) fn plan(
         .cloned()
         .collect();
 
+    // Per deployment, its replicas ready and staying: what a parked node's replica waits for.
+    let mut ready_staying: BTreeMap<&str, u32> = BTreeMap::new();
+    for (r, p) in replicas.iter().zip(&current) {
+        if r.state == ReplicaState::Ready && wanted.contains(p) {
+            *ready_staying.entry(r.deployment.as_str()).or_default() += 1;
+        }
+    }
+    let desired: BTreeMap<&str, u32> = deployments
+        .iter()
+        .map(|d| (d.name.as_str(), d.replicas))
+        .collect();
+
     // Replicas are sorted by deployment then node, so "the first lost ones" is deterministic.
     let mut lost_kept: BTreeMap<&str, u32> = BTreeMap::new();
     let mut remove = Vec::new();
@@ -115,7 +130,19 @@ pub(crate) fn plan(
         if wanted.contains(p) {
             continue;
         }
-        let node_usable = fleet.node(&r.node).is_some_and(NodeView::usable);
+        let node = fleet.node(&r.node);
+        // Make before break: a replica on a parked node of a live site serves until its
+        // deployment is whole and ready elsewhere (a lost site's replica cannot serve anyway).
+        let parked_but_serving = node.is_some_and(|n| n.ready && n.parked);
+        let whole_elsewhere = ready_staying
+            .get(r.deployment.as_str())
+            .copied()
+            .unwrap_or(0)
+            >= desired.get(r.deployment.as_str()).copied().unwrap_or(0);
+        if parked_but_serving && !whole_elsewhere {
+            continue;
+        }
+        let node_usable = node.is_some_and(NodeView::usable);
         let short = schedule
             .unschedulable
             .get(&r.deployment)
@@ -140,7 +167,6 @@ mod tests {
     use super::*;
     use rust_decimal::Decimal;
     use wattmesh_domain::ModelKind;
-    use wattmesh_proto::api::ReplicaState;
 
     fn node(name: &str, site: &str, region: &str) -> NodeRecord {
         NodeRecord {
@@ -296,7 +322,20 @@ mod tests {
         let parked: BTreeSet<String> = ["a".to_owned()].into();
         let p = plan(&nodes, &both, &parked, &[deployment(1)], &current);
         assert_eq!(placed(&p), vec!["b"]);
+        assert!(
+            p.remove.is_empty(),
+            "serving until its replacement is ready"
+        );
+        // The replacement placed, not ready yet: nothing changes.
+        let moving = [replica("ra", "a", "sa"), replica("rb", "b", "sb")];
+        let mut starting = moving.clone();
+        starting[1].state = ReplicaState::Pending;
+        let p = plan(&nodes, &both, &parked, &[deployment(1)], &starting);
+        assert_eq!(p, Plan::default());
+        // Ready: the parked node's replica goes.
+        let p = plan(&nodes, &both, &parked, &[deployment(1)], &moving);
         assert_eq!(p.remove, vec!["ra".to_owned()]);
+        assert!(p.add.is_empty());
         // Every node parked: the running replica stays (the model stays up), reported short.
         let all: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
         let p = plan(&nodes, &both, &all, &[deployment(1)], &current);

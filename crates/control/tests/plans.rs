@@ -481,8 +481,8 @@ async fn placement(h: &Harness) -> (Vec<String>, Vec<(String, bool)>, u64) {
 async fn replicas_follow_the_plan_off_the_gpu_nodes_it_switches_off() {
     let h = harness().await;
     // Two sites, one 8 GiB node each; `cheap` is preferred by the scheduler.
-    register(&h, "cheap", "20").await;
-    register(&h, "dear", "90").await;
+    let cheap = register(&h, "cheap", "20").await;
+    let dear = register(&h, "dear", "90").await;
     for (uri, body) in [
         (
             "/api/v1/models",
@@ -519,13 +519,18 @@ async fn replicas_follow_the_plan_off_the_gpu_nodes_it_switches_off() {
         plan["directive"]["gpu_groups"][0]["nodes_on"], 0.0,
         "{plan}"
     );
+    // Make before break: the replacement is placed on `dear`, and the parked node's replica
+    // serves until it is ready.
     let (on, nodes, short) = placement(&h).await;
-    assert_eq!(on, ["dear"], "the replica left the parked node");
+    assert_eq!(on, ["cheap", "dear"]);
     assert_eq!(
         nodes,
         [("cheap-n0".to_owned(), true), ("dear-n0".to_owned(), false)]
     );
     assert_eq!(short, 0);
+    report_ready(&h, "dear", &dear).await;
+    let (on, _, _) = placement(&h).await;
+    assert_eq!(on, ["dear"], "the replica left the parked node");
 
     // `dear` switched off too: nowhere else would take the replica, so it stays where it runs
     // (a plan never takes a model offline), and the deployment shows it short.
@@ -548,6 +553,7 @@ async fn replicas_follow_the_plan_off_the_gpu_nodes_it_switches_off() {
             > 0.0,
         "{plan}"
     );
+    report_ready(&h, "cheap", &cheap).await;
     let (on, nodes, short) = placement(&h).await;
     assert_eq!(on, ["cheap"]);
     assert_eq!(
@@ -555,4 +561,40 @@ async fn replicas_follow_the_plan_off_the_gpu_nodes_it_switches_off() {
         [("cheap-n0".to_owned(), false), ("dear-n0".to_owned(), true)]
     );
     assert_eq!(short, 0);
+}
+
+/// `site`'s agent reports every replica it is asked to run ready.
+async fn report_ready(h: &Harness, site: &str, token: &str) {
+    let (status, desired) = call(
+        &h.control,
+        Method::GET,
+        "/api/v1/agent/desired",
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{desired}");
+    let replicas: Vec<Value> = desired["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            json!({"id": r["id"], "state": "ready",
+                "endpoint": format!("http://{site}.invalid:1"), "message": null})
+        })
+        .collect();
+    assert!(!replicas.is_empty(), "{desired}");
+    let body = json!({
+        "nodes": [{"name": format!("{site}-n0"), "memory_bytes": 8u64 << 30}],
+        "replicas": replicas, "desired_version": desired["version"],
+    });
+    let (status, resp) = call(
+        &h.control,
+        Method::POST,
+        "/api/v1/agent/heartbeat",
+        Some(token),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
 }
