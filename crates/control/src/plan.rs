@@ -8,9 +8,9 @@
 //! still-running replica is reused instead of churned, and a plan never takes the last replicas
 //! of a model offline. Once the deployment is whole again without it, it is deleted — for a
 //! parked node of a live site, once its replacements are *ready* (make before break: the
-//! replica serves until then). And the
-//! nodes a plan parks are the last ones of their site by name: the plan says how many of the
-//! site's GPU nodes are on ([`wattmesh_domain::fleet::nodes_powered`]), not which.
+//! replica serves until then). And the nodes a plan parks are the last ones of their site by
+//! name: the plan says how many of the site's GPU nodes are on
+//! ([`wattmesh_domain::fleet::nodes_powered`]), not which.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
