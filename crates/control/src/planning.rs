@@ -5,7 +5,9 @@
 //! the Bitcoin market in force, the DR events ahead and the miners' draw at the last sample —
 //! and the plan is stored; the reconciler then hands it to the site's agent in its desired
 //! state. The decision itself is `wattmesh_domain::planner::live`; here are only reads, the
-//! clock and the write.
+//! clock and the write. A round reads the fleet-wide inputs once (`Round`: DR events, the
+//! market, the region's usage, the sites and models) and each site's own (its prices and last
+//! sample) as it plans it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,10 @@ use wattmesh_domain::planner::live::{LiveInputs, LivePlan, plan_now};
 use wattmesh_domain::planner::{DrEventSpec, PlanError, SiteSpec};
 use wattmesh_proto::gateway::DEFERRABLE_PRIORITY;
 use wattmesh_proto::plan::{AsicTarget, GpuTarget, PlanDirective};
-use wattmesh_store::{MarketRecord, PowerPlanRecord, Store, StoreError, UsageGroup, UsageQuery};
+use wattmesh_store::{
+    DrEventRecord, MarketRecord, PowerModelRecord, PowerPlanRecord, SiteRecord, Store, StoreError,
+    UsageGroup, UsageQuery, UsageTotal,
+};
 
 use crate::clock::{format_ms, now_ms};
 use crate::reconciler::Reconciler;
@@ -45,10 +50,68 @@ pub(crate) async fn plan_site(
     now_ms: i64,
 ) -> Result<PowerPlanRecord, PlanningError> {
     let model = store.power_model(site).await?;
-    let record = store.get_site(site).await?;
-    let inputs = live_inputs(store, &record, &model.spec, interval, now_ms).await?;
+    let round = Round::read(store, now_ms).await?;
+    plan_with(store, &round, &model, interval, now_ms).await
+}
+
+/// What a planning round reads once for every site it plans: the fleet-wide inputs.
+struct Round {
+    now_ms: i64,
+    /// DR events open now, every site's.
+    dr_events: Vec<DrEventRecord>,
+    /// The Bitcoin market in force; `None`: each model's own.
+    bitcoin: Option<NetworkSpec>,
+    /// The gateways' usage of the last [`DEMAND_WINDOW_MS`], by region and priority.
+    usage: Vec<UsageTotal>,
+    sites: Vec<SiteRecord>,
+    models: Vec<PowerModelRecord>,
+}
+
+impl Round {
+    async fn read(store: &dyn Store, now_ms: i64) -> Result<Round, StoreError> {
+        let models = store.list_power_models().await?;
+        // Only GPU sites read demand: a fleet of miners only does not scan the usage table.
+        let usage = if models.iter().any(|m| !m.spec.gpu_groups.is_empty()) {
+            store
+                .usage_totals(&UsageQuery {
+                    tenant: None,
+                    models: None,
+                    from_ms: now_ms - DEMAND_WINDOW_MS,
+                    to_ms: now_ms,
+                    bucket_ms: None,
+                    group: UsageGroup::RegionAndPriority,
+                })
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(Round {
+            now_ms,
+            dr_events: store.open_dr_events(now_ms).await?,
+            bitcoin: market_in_force(&store.list_market_snapshots().await?, now_ms),
+            usage,
+            sites: store.list_sites().await?,
+            models,
+        })
+    }
+}
+
+/// Plans `model`'s site with `round`'s fleet-wide inputs and stores the plan.
+async fn plan_with(
+    store: &dyn Store,
+    round: &Round,
+    model: &PowerModelRecord,
+    interval: IntervalLength,
+    now_ms: i64,
+) -> Result<PowerPlanRecord, PlanningError> {
+    let site = &model.site;
+    let record = match round.sites.iter().find(|s| s.name == *site) {
+        Some(r) => r.clone(),
+        None => store.get_site(site).await?,
+    };
+    let inputs = live_inputs(store, round, &record, &model.spec, interval).await?;
     let live = plan_now(&model.spec, &inputs).map_err(|source| PlanningError::Plan {
-        site: site.to_owned(),
+        site: site.clone(),
         source,
     })?;
     let plan = record_of(site, live, now_ms);
@@ -88,17 +151,17 @@ pub(crate) async fn replan(
 /// What is known now about `site`, besides its model.
 async fn live_inputs(
     store: &dyn Store,
-    site: &wattmesh_store::SiteRecord,
+    round: &Round,
+    site: &SiteRecord,
     spec: &SiteSpec,
     interval: IntervalLength,
-    now_ms: i64,
 ) -> Result<LiveInputs, StoreError> {
+    let now_ms = round.now_ms;
     let len_ms = interval.seconds() * 1000;
     let horizon_end_ms = now_ms + len_ms * HORIZON as i64;
-    let dr_events = store
-        .open_dr_events(now_ms)
-        .await?
-        .into_iter()
+    let dr_events = round
+        .dr_events
+        .iter()
         .filter(|e| e.site == site.name && e.starts_at_ms < horizon_end_ms)
         .map(|e| {
             let end = e.effective_end_ms();
@@ -118,7 +181,6 @@ async fn live_inputs(
         .await?
         .filter(|s| now_ms - s.at_ms <= SAMPLE_FRESH_MS && s.miners.total > 0)
         .map(|s| s.miners.kw);
-    let bitcoin = market_in_force(&store.list_market_snapshots().await?, now_ms);
     let prices = store
         .site_prices(&site.name, now_ms - len_ms, horizon_end_ms)
         .await?
@@ -134,7 +196,7 @@ async fn live_inputs(
     let demand = if spec.gpu_groups.is_empty() {
         None
     } else {
-        Some(observed_demand(store, site, spec, now_ms).await?)
+        Some(observed_demand(round, site, spec))
     };
     Ok(LiveInputs {
         now_unix_s: now_ms.div_euclid(1000),
@@ -143,7 +205,7 @@ async fn live_inputs(
         tariff_usd_per_mwh: f64::try_from(site.power_price_usd_per_mwh).unwrap_or(f64::NAN),
         prices,
         // None: the model's own `bitcoin`, if it has one.
-        bitcoin: bitcoin.or(spec.bitcoin),
+        bitcoin: round.bitcoin.or(spec.bitcoin),
         dr_events,
         asic_kw_now,
         demand,
@@ -156,27 +218,12 @@ const DEMAND_WINDOW_MS: i64 = 60 * 60 * 1000;
 /// The inference demand and revenue the gateways reported for `site`'s region over the last
 /// [`DEMAND_WINDOW_MS`], and `site`'s share of it: its GPU capacity over its region's (sites
 /// with a power model).
-async fn observed_demand(
-    store: &dyn Store,
-    site: &wattmesh_store::SiteRecord,
-    spec: &SiteSpec,
-    now_ms: i64,
-) -> Result<ObservedDemand, StoreError> {
-    let totals = store
-        .usage_totals(&UsageQuery {
-            tenant: None,
-            models: None,
-            from_ms: now_ms - DEMAND_WINDOW_MS,
-            to_ms: now_ms,
-            bucket_ms: None,
-            group: UsageGroup::RegionAndPriority,
-        })
-        .await?;
+fn observed_demand(round: &Round, site: &SiteRecord, spec: &SiteSpec) -> ObservedDemand {
     let mut region = RegionUsage {
         window_s: DEMAND_WINDOW_MS as f64 / 1000.0,
         ..RegionUsage::default()
     };
-    for t in totals {
+    for t in &round.usage {
         let (Some(name), priority) = UsageGroup::RegionAndPriority.split(t.group.as_deref()) else {
             continue;
         };
@@ -194,29 +241,27 @@ async fn observed_demand(
             region.interactive_revenue_usd += revenue;
         }
     }
-    let in_region: std::collections::BTreeSet<String> = store
-        .list_sites()
-        .await?
-        .into_iter()
-        .filter(|s| s.region == site.region)
-        .map(|s| s.name)
-        .collect();
-    let region_capacity: f64 = store
-        .list_power_models()
-        .await?
+    let in_region: std::collections::BTreeSet<&str> = round
+        .sites
         .iter()
-        .filter(|m| in_region.contains(&m.site))
+        .filter(|s| s.region == site.region)
+        .map(|s| s.name.as_str())
+        .collect();
+    let region_capacity: f64 = round
+        .models
+        .iter()
+        .filter(|m| in_region.contains(m.site.as_str()))
         .map(|m| gpu_capacity_tokens_per_s(&m.spec))
         .sum();
     let own = gpu_capacity_tokens_per_s(spec);
-    Ok(ObservedDemand {
+    ObservedDemand {
         region,
         share: if region_capacity > 0.0 {
             (own / region_capacity).clamp(0.0, 1.0)
         } else {
             0.0
         },
-    })
+    }
 }
 
 /// The newest snapshot in force at `now_ms`.
@@ -310,15 +355,16 @@ async fn plan_due(
     now: i64,
 ) -> Result<usize, StoreError> {
     let current = store.current_power_plans(now).await?;
+    let round = Round::read(store, now).await?;
     let mut planned = 0;
-    for model in store.list_power_models().await? {
+    for model in &round.models {
         let due = !current
             .iter()
             .any(|p| p.site == model.site && p.created_at_ms >= model.updated_at_ms);
         if !due {
             continue;
         }
-        match plan_site(store, &model.site, interval, now).await {
+        match plan_with(store, &round, model, interval, now).await {
             Ok(plan) => {
                 planned += 1;
                 let hashing = plan.directive.units_hashing();
