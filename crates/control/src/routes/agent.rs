@@ -1,7 +1,7 @@
 //! The agent protocol (see `wattmesh_proto::agent`): register with the bootstrap token,
 //! heartbeat observed state (with the site's power samples: the newest, and any the control
-//! plane has not taken yet), long-poll the site's desired
-//! state. DR acknowledgements are in `energy`.
+//! plane has not taken yet), long-poll the site's desired state. DR acknowledgements are in
+//! `energy`.
 
 use axum::Json;
 use axum::extract::State;
