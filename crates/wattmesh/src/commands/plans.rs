@@ -191,6 +191,7 @@ fn print_plans(plans: &[PowerPlan]) {
         "usd/mwh",
         "miners hashing",
         "w/miner",
+        "gpu nodes on",
         "expected kw",
         "margin usd",
         "applied",
@@ -207,6 +208,14 @@ fn print_plans(plans: &[PowerPlan]) {
             .map(|g| format!("{:.0}", g.watts_per_unit))
             .collect::<Vec<_>>()
             .join(",");
+        // As planned (continuous); the nodes past it, rounded up, are parked.
+        let gpu_nodes = if d.gpu_groups.is_empty() {
+            "-".to_owned()
+        } else {
+            let on: f64 = d.gpu_groups.iter().map(|g| g.nodes_on).sum();
+            let nodes: u32 = d.gpu_groups.iter().map(|g| g.nodes).sum();
+            format!("{on:.2}/{nodes}")
+        };
         let (applied, confirmed, meter) = match &p.report {
             None => ("not reported".to_owned(), "-".to_owned(), "-".to_owned()),
             Some(r) => (
@@ -226,6 +235,7 @@ fn print_plans(plans: &[PowerPlan]) {
             format!("{:.2}", p.interval.usd_per_mwh),
             format!("{hashing}/{units}"),
             if watts.is_empty() { "-".into() } else { watts },
+            gpu_nodes,
             format!("{:.1}", d.expected_meter_kw),
             format!("{:.2}", p.interval.margin_usd),
             applied,
