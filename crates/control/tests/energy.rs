@@ -8,7 +8,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, call, harness, register_site};
+use common::{Harness, call, deploy_chat, harness, post_heartbeat, register_site};
 use serde_json::{Value, json};
 
 /// Registers an agent for `site` in region `us` with one 8 GiB node; returns its token.
@@ -46,14 +46,7 @@ async fn heartbeat(
             "miners": {"total": 3, "hashing": 3, "asleep": 0, "unreachable": 0, "kw": miners_kw, "ths": 600.0}
         }
     });
-    let (status, resp) = call(
-        &h.control,
-        Method::POST,
-        "/api/v1/agent/heartbeat",
-        Some(token),
-        Some(&body.to_string()),
-    )
-    .await;
+    let (status, resp) = post_heartbeat(h, token, &body).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
 }
 
@@ -102,19 +95,7 @@ async fn dr_events_reach_agents_and_gateways_and_keep_their_record() {
     let h = harness().await;
     let georgia = register(&h, "georgia").await;
     let texas = register(&h, "texas").await;
-    for (uri, body) in [
-        (
-            "/api/v1/models",
-            r#"{"name":"smol","kind":"chat","artifact":"smol","memory_bytes":1}"#,
-        ),
-        (
-            "/api/v1/deployments",
-            r#"{"name":"chat","model":"smol","replicas":2}"#,
-        ),
-    ] {
-        let (status, resp) = h.admin(Method::POST, uri, Some(body)).await;
-        assert_eq!(status, StatusCode::CREATED, "{uri}: {resp}");
-    }
+    deploy_chat(&h, 2).await;
     // Each site reports its replica ready, and a power sample: 400 kW, 380 of it miners.
     for (site, token) in [("georgia", &georgia), ("texas", &texas)] {
         let want = desired(&h, token).await;
@@ -458,16 +439,7 @@ async fn a_heartbeat_brings_the_samples_the_control_plane_missed_and_a_flood_is_
             "power": sample(now, 400.0), "earlier_power": earlier,
         });
         let (h, token) = (&h, &token);
-        async move {
-            call(
-                &h.control,
-                Method::POST,
-                "/api/v1/agent/heartbeat",
-                Some(token),
-                Some(&body.to_string()),
-            )
-            .await
-        }
+        async move { post_heartbeat(h, token, &body).await }
     };
     // More than one heartbeat may carry: refused whole, nothing stored.
     let flood: Vec<Value> = (1..=301).map(|i| sample(now - i * 10, 1.0)).collect();

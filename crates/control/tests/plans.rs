@@ -9,7 +9,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, call, harness, register_site};
+use common::{Harness, call, deploy_chat, harness, post_heartbeat, register_site};
 use serde_json::{Value, json};
 
 /// Registers an agent for `site` (region `us`, the given tariff); returns its token.
@@ -483,19 +483,7 @@ async fn replicas_follow_the_plan_off_the_gpu_nodes_it_switches_off() {
     // Two sites, one 8 GiB node each; `cheap` is preferred by the scheduler.
     let cheap = register(&h, "cheap", "20").await;
     let dear = register(&h, "dear", "90").await;
-    for (uri, body) in [
-        (
-            "/api/v1/models",
-            r#"{"name":"smol","kind":"chat","artifact":"smol","memory_bytes":1}"#,
-        ),
-        (
-            "/api/v1/deployments",
-            r#"{"name":"chat","model":"smol","replicas":1}"#,
-        ),
-    ] {
-        let (status, resp) = h.admin(Method::POST, uri, Some(body)).await;
-        assert_eq!(status, StatusCode::CREATED, "{uri}: {resp}");
-    }
+    deploy_chat(&h, 1).await;
     let (on, nodes, _) = placement(&h).await;
     assert_eq!(on, ["cheap"]);
     assert!(nodes.iter().all(|(_, parked)| !parked), "{nodes:?}");
@@ -588,13 +576,6 @@ async fn report_ready(h: &Harness, site: &str, token: &str) {
         "nodes": [{"name": format!("{site}-n0"), "memory_bytes": 8u64 << 30}],
         "replicas": replicas, "desired_version": desired["version"],
     });
-    let (status, resp) = call(
-        &h.control,
-        Method::POST,
-        "/api/v1/agent/heartbeat",
-        Some(token),
-        Some(&body.to_string()),
-    )
-    .await;
+    let (status, resp) = post_heartbeat(h, token, &body).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
 }

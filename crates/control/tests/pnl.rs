@@ -8,7 +8,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, call, harness, register_site};
+use common::{Harness, call, harness, post_heartbeat, register_site};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
@@ -55,14 +55,7 @@ async fn sample(h: &Harness, site: &str, token: &str, at_ms: i64, kw: f64, kwh: 
             "miners": {"total": 5, "hashing": 5, "asleep": 0, "unreachable": 0, "kw": kw * 0.9, "ths": ths}
         }
     });
-    let (status, resp) = call(
-        &h.control,
-        Method::POST,
-        "/api/v1/agent/heartbeat",
-        Some(token),
-        Some(&body.to_string()),
-    )
-    .await;
+    let (status, resp) = post_heartbeat(h, token, &body).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
 }
 

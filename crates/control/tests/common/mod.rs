@@ -118,3 +118,30 @@ pub async fn register_site(h: &Harness, site: &str, price: &str) -> String {
     assert_eq!(status, StatusCode::OK, "{resp}");
     resp["agent_token"].as_str().unwrap().to_owned()
 }
+
+/// Posts `body` as a heartbeat with agent `token`: (status, JSON body).
+pub async fn post_heartbeat(h: &Harness, token: &str, body: &Value) -> (StatusCode, Value) {
+    call(
+        &h.control,
+        Method::POST,
+        "/api/v1/agent/heartbeat",
+        Some(token),
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+/// Model `smol` and deployment `chat` of it with `replicas` replicas.
+pub async fn deploy_chat(h: &Harness, replicas: u32) {
+    let deployment = format!(r#"{{"name":"chat","model":"smol","replicas":{replicas}}}"#);
+    for (uri, body) in [
+        (
+            "/api/v1/models",
+            r#"{"name":"smol","kind":"chat","artifact":"smol","memory_bytes":1}"#,
+        ),
+        ("/api/v1/deployments", deployment.as_str()),
+    ] {
+        let (status, resp) = h.admin(Method::POST, uri, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{uri}: {resp}");
+    }
+}
