@@ -4,7 +4,7 @@
 //! lost and reshuffle replicas before the agents have had a chance to call in.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,10 +26,7 @@ impl Liveness {
     /// Records a heartbeat of `site` now; returns whether the site was ready before it.
     pub(crate) fn beat(&self, site: &str) -> bool {
         let now = Instant::now();
-        let mut seen = self
-            .last_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.seen();
         let was_ready = seen.get(site).is_some_and(|t| self.fresh(*t, now));
         seen.insert(site.to_owned(), now);
         was_ready
@@ -37,20 +34,14 @@ impl Liveness {
 
     pub(crate) fn is_ready(&self, site: &str) -> bool {
         let now = Instant::now();
-        let seen = self
-            .last_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let seen = self.seen();
         seen.get(site).is_some_and(|t| self.fresh(*t, now))
     }
 
     /// Every site heartbeating on time, at one instant (one reconcile sees one answer).
     pub(crate) fn ready_sites(&self) -> BTreeSet<String> {
         let now = Instant::now();
-        let seen = self
-            .last_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let seen = self.seen();
         seen.iter()
             .filter(|(_, t)| self.fresh(**t, now))
             .map(|(s, _)| s.clone())
@@ -61,10 +52,7 @@ impl Liveness {
     /// counted.
     pub(crate) fn forget(&self, name: &str) -> bool {
         let now = Instant::now();
-        let mut seen = self
-            .last_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.seen();
         seen.remove(name).is_some_and(|t| self.fresh(t, now))
     }
 
@@ -73,12 +61,15 @@ impl Liveness {
     /// sites nothing changes either, since a name not seen reads as not ready.
     pub(crate) fn prune_and_count(&self) -> usize {
         let now = Instant::now();
-        let mut seen = self
-            .last_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.seen();
         seen.retain(|_, t| self.fresh(*t, now));
         seen.len()
+    }
+
+    fn seen(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn fresh(&self, seen: Instant, now: Instant) -> bool {

@@ -8,7 +8,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, call, deploy_chat, harness, post_heartbeat, register_site};
+use common::{Harness, call, deploy_chat, desired, harness, post_heartbeat, register_site};
 use serde_json::{Value, json};
 
 /// Registers an agent for `site` in region `us` with one 8 GiB node; returns its token.
@@ -48,19 +48,6 @@ async fn heartbeat(
     });
     let (status, resp) = post_heartbeat(h, token, &body).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
-}
-
-async fn desired(h: &Harness, token: &str) -> Value {
-    let (status, resp) = call(
-        &h.control,
-        Method::GET,
-        "/api/v1/agent/desired",
-        Some(token),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{resp}");
-    resp
 }
 
 /// Each replica's site and whether it sheds, by site (the config's order is the replicas').

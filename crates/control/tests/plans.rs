@@ -9,7 +9,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, call, deploy_chat, harness, post_heartbeat, register_site};
+use common::{Harness, call, deploy_chat, desired, harness, post_heartbeat, register_site};
 use serde_json::{Value, json};
 
 /// Registers an agent for `site` (region `us`, the given tariff); returns its token.
@@ -553,16 +553,8 @@ async fn replicas_follow_the_plan_off_the_gpu_nodes_it_switches_off() {
 
 /// `site`'s agent reports every replica it is asked to run ready.
 async fn report_ready(h: &Harness, site: &str, token: &str) {
-    let (status, desired) = call(
-        &h.control,
-        Method::GET,
-        "/api/v1/agent/desired",
-        Some(token),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{desired}");
-    let replicas: Vec<Value> = desired["replicas"]
+    let want = desired(h, token).await;
+    let replicas: Vec<Value> = want["replicas"]
         .as_array()
         .unwrap()
         .iter()
@@ -571,10 +563,10 @@ async fn report_ready(h: &Harness, site: &str, token: &str) {
                 "endpoint": format!("http://{site}.invalid:1"), "message": null})
         })
         .collect();
-    assert!(!replicas.is_empty(), "{desired}");
+    assert!(!replicas.is_empty(), "{want}");
     let body = json!({
         "nodes": [{"name": format!("{site}-n0"), "memory_bytes": 8u64 << 30}],
-        "replicas": replicas, "desired_version": desired["version"],
+        "replicas": replicas, "desired_version": want["version"],
     });
     let (status, resp) = post_heartbeat(h, token, &body).await;
     assert_eq!(status, StatusCode::OK, "{resp}");

@@ -79,24 +79,16 @@ pub(crate) async fn heartbeat(
     Ok(Json(HeartbeatAck { desired_version }))
 }
 
-/// Stores a heartbeat's samples in one write. A bad sample costs only itself: on a refusal
-/// each is stored alone, and the heartbeat's replicas and liveness count either way.
+/// Stores a heartbeat's samples in one write. A refusal costs only the samples: the
+/// heartbeat's replicas and liveness count either way. (JSON has no NaN or infinity, so a
+/// body that parsed holds only finite samples; the store's own check is the backstop.)
 async fn record_samples(s: &AppState, site: &str, samples: impl Iterator<Item = &PowerSample>) {
     let samples: Vec<PowerSample> = samples.cloned().collect();
     if samples.is_empty() {
         return;
     }
-    let Err(e) = s.store.record_power_samples(site, &samples).await else {
-        return;
-    };
-    if samples.len() == 1 {
-        tracing::warn!(%site, error = %e, "power sample not stored");
-        return;
-    }
-    for sample in &samples {
-        if let Err(e) = s.store.record_power_sample(site, sample).await {
-            tracing::warn!(%site, at_ms = sample.at_ms, error = %e, "power sample not stored");
-        }
+    if let Err(e) = s.store.record_power_samples(site, &samples).await {
+        tracing::warn!(%site, count = samples.len(), error = %e, "power samples not stored");
     }
 }
 

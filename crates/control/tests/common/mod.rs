@@ -145,3 +145,17 @@ pub async fn deploy_chat(h: &Harness, replicas: u32) {
         assert_eq!(status, StatusCode::CREATED, "{uri}: {resp}");
     }
 }
+
+/// The desired state agent `token`'s site is to run.
+pub async fn desired(h: &Harness, token: &str) -> Value {
+    let (status, resp) = call(
+        &h.control,
+        Method::GET,
+        "/api/v1/agent/desired",
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    resp
+}
